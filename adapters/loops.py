@@ -1,0 +1,171 @@
+"""Raw DDPM (ancestral) and DDIM sampling loops over a :class:`~ug_core.DiscreteSchedule`.
+
+For users who write their own loop: any ``model(x, t, **extra_args) -> prediction`` (t an integer
+timestep tensor of shape ``(batch,)``), a schedule, a step count, a generator and an optional
+:class:`~ug_core.UpsampleGuidance`::
+
+    from ug_core import DiscreteSchedule, UpsampleGuidance
+    from ug_core.adapters.loops import sample_ddim
+
+    schedule = DiscreteSchedule.linear()
+    guide = UpsampleGuidance(schedule, factors=(2, 2), scale=1.0)
+    x0 = sample_ddim(model, schedule, 50, torch.Generator().manual_seed(0), guide,
+                     shape=(4, 3, 64, 64))
+
+Timesteps are evenly spaced from N − 1 down to 0 ("trailing" spacing), and the last step goes to
+ᾱ = 1, i.e. returns the final x0 estimate's image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..guidance import UpsampleGuidance
+from ..parameterizations import normalize_prediction, prediction_to_x0, x0_to_prediction
+from ..schedules import DiscreteSchedule
+
+__all__ = ["sample_ddim", "sample_ddpm", "loop_timesteps"]
+
+
+def loop_timesteps(schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
+    """``steps`` integer timesteps, evenly spaced from N − 1 down to 0 (int64, descending)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    n = schedule.num_timesteps
+    if steps > n:
+        raise ValueError(f"steps={steps} exceeds the schedule's {n} timesteps")
+    if steps == 1:
+        return torch.tensor([n - 1])
+    return torch.linspace(n - 1, 0, steps, dtype=torch.float64).round().long()
+
+
+def _initial_noise(
+    shape: Sequence[int] | None,
+    noise: torch.Tensor | None,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> torch.Tensor:
+    """x_T: the given noise, or standard normal noise of ``shape`` drawn from ``generator``."""
+    if (shape is None) == (noise is None):
+        raise ValueError("pass exactly one of shape= (to draw x_T) or noise= (x_T itself)")
+    if noise is not None:
+        if not isinstance(noise, torch.Tensor):
+            raise TypeError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
+        return noise
+    if device is None:
+        device = generator.device if generator is not None else "cpu"
+    return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+
+
+def _sample(
+    model: Callable[..., torch.Tensor],
+    schedule: DiscreteSchedule,
+    steps: int,
+    generator: torch.Generator | None,
+    guidance: UpsampleGuidance | None,
+    *,
+    eta: float,
+    shape: Sequence[int] | None,
+    noise: torch.Tensor | None,
+    prediction: str | None,
+    extra_args: dict[str, Any] | None,
+    clip_sample: float | None,
+    progress: bool,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+    desc: str,
+) -> torch.Tensor:
+    """The generalised DDIM loop (η = 0: DDIM, η = 1: DDPM ancestral on the strided steps)."""
+    if not isinstance(schedule, DiscreteSchedule):
+        raise TypeError(f"schedule must be a DiscreteSchedule, got {type(schedule).__name__}")
+    if guidance is not None and not isinstance(guidance, UpsampleGuidance):
+        raise TypeError(f"guidance must be an UpsampleGuidance, got {type(guidance).__name__}")
+    if guidance is not None:
+        if prediction is not None and normalize_prediction(prediction) != guidance.prediction:
+            raise ValueError(
+                f"prediction={prediction!r} differs from the guidance's {guidance.prediction!r}"
+            )
+        prediction = guidance.prediction
+        model = guidance.wrap(model)
+    prediction = normalize_prediction(prediction or "epsilon")
+    extra_args = extra_args or {}
+    x = _initial_noise(shape, noise, generator, dtype, device)
+    ts = loop_timesteps(schedule, steps)
+    ac = schedule.alphas_cumprod
+    for i, t in enumerate(tqdm(ts.tolist(), desc=desc, disable=not progress)):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        pred = model(x, t_batch, **extra_args)
+        a_t, s_t = ac[t].sqrt().item(), (1 - ac[t]).sqrt().item()
+        ac_prev = ac[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
+        x0 = prediction_to_x0(pred, x, a_t, s_t, prediction)
+        if clip_sample is not None:
+            x0 = x0.clamp(-clip_sample, clip_sample)
+        eps = x0_to_prediction(x0, x, a_t, s_t, "epsilon")
+        var = eta**2 * (1 - ac_prev) / (1 - ac[t].item()) * (1 - ac[t].item() / ac_prev)
+        x = ac_prev**0.5 * x0 + max(1 - ac_prev - var, 0.0) ** 0.5 * eps
+        if var > 0:
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x = x + var**0.5 * z
+    return x
+
+
+def sample_ddim(
+    model: Callable[..., torch.Tensor],
+    schedule: DiscreteSchedule,
+    steps: int = 50,
+    generator: torch.Generator | None = None,
+    guidance: UpsampleGuidance | None = None,
+    *,
+    shape: Sequence[int] | None = None,
+    noise: torch.Tensor | None = None,
+    eta: float = 0.0,
+    prediction: str | None = None,
+    extra_args: dict[str, Any] | None = None,
+    clip_sample: float | None = None,
+    progress: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """DDIM sampling (deterministic for ``eta=0``); returns the final sample x0.
+
+    ``prediction`` defaults to the guidance's, else ``"epsilon"``. Pass ``shape`` to draw x_T from
+    ``generator``, or ``noise`` to give x_T. ``extra_args`` reach every model call (both branches).
+    """
+    return _sample(
+        model, schedule, steps, generator, guidance, eta=eta, shape=shape, noise=noise,
+        prediction=prediction, extra_args=extra_args, clip_sample=clip_sample,
+        progress=progress, dtype=dtype, device=device, desc="DDIM",
+    )  # fmt: skip
+
+
+def sample_ddpm(
+    model: Callable[..., torch.Tensor],
+    schedule: DiscreteSchedule,
+    steps: int = 1000,
+    generator: torch.Generator | None = None,
+    guidance: UpsampleGuidance | None = None,
+    *,
+    shape: Sequence[int] | None = None,
+    noise: torch.Tensor | None = None,
+    prediction: str | None = None,
+    extra_args: dict[str, Any] | None = None,
+    clip_sample: float | None = None,
+    progress: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """DDPM ancestral sampling: each step draws x_prev from the posterior q(x_prev | x_t, x0̂).
+
+    With fewer steps than the schedule has, the posterior is that of the strided chain (DDIM with
+    η = 1). Other arguments as in :func:`sample_ddim`.
+    """
+    return _sample(
+        model, schedule, steps, generator, guidance, eta=1.0, shape=shape, noise=noise,
+        prediction=prediction, extra_args=extra_args, clip_sample=clip_sample,
+        progress=progress, dtype=dtype, device=device, desc="DDPM",
+    )  # fmt: skip
