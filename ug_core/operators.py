@@ -64,11 +64,11 @@ def check_divisible(shape: Sequence[int], factors: Sequence[int], name: str = "x
 
 
 def _patterns(ndim: int) -> tuple[str, str, str]:
-    """einops axis names for the low-resolution axes, the high-resolution axes and the blocks."""
+    """einops axis names: the low-resolution axes, the high-resolution axes, both interleaved."""
     low = " ".join(f"h{i}" for i in range(ndim))
     high = " ".join(f"(h{i} f{i})" for i in range(ndim))
-    block = "(" + " ".join(f"f{i}" for i in range(ndim)) + ")"
-    return low, high, block
+    split = " ".join(f"h{i} f{i}" for i in range(ndim))
+    return low, high, split
 
 
 def downsample(x: torch.Tensor, factors: int | Sequence[int]) -> torch.Tensor:
@@ -82,13 +82,15 @@ def downsample(x: torch.Tensor, factors: int | Sequence[int]) -> torch.Tensor:
     check_divisible(x.shape, factors)
     if all(f == 1 for f in factors):
         return x.clone()
-    low, high, block = _patterns(len(factors))
+    d = len(factors)
+    low, high, split = _patterns(d)
     sizes = {f"f{i}": f for i, f in enumerate(factors)}
     work = x.float() if x.dtype in _HALF else x
-    blocks = rearrange(work, f"... {high} -> ... {low} {block}", **sizes)
-    ref = blocks[..., :1]
-    mean = ref[..., 0] + (blocks - ref).mean(dim=-1)
-    return mean.to(x.dtype)
+    blocks = rearrange(work, f"... {high} -> ... {split}", **sizes)
+    ref = blocks[(...,) + (slice(None), slice(0, 1)) * d]
+    block_dims = tuple(-2 * (d - i) + 1 for i in range(d))
+    mean = ref + (blocks - ref).mean(dim=block_dims, keepdim=True)
+    return mean.reshape(mean.shape[: -2 * d] + tuple(mean.shape[-2 * d :: 2])).to(x.dtype)
 
 
 def upsample(y: torch.Tensor, factors: int | Sequence[int]) -> torch.Tensor:
