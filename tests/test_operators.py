@@ -78,9 +78,9 @@ def test_down_is_up_transpose_over_k(layout, seed):
 def test_block_mean_values_by_hand():
     x = torch.arange(24, dtype=torch.float64).reshape(1, 4, 6)
     d = downsample(x, (2, 3))
-    expected = torch.tensor([[[(0 + 1 + 2 + 6 + 7 + 8) / 6, (3 + 4 + 5 + 9 + 10 + 11) / 6],
-                              [(12 + 13 + 14 + 18 + 19 + 20) / 6, (15 + 16 + 17 + 21 + 22 + 23) / 6]]],
-                            dtype=torch.float64)  # fmt: skip
+    rows = [[0 + 1 + 2 + 6 + 7 + 8, 3 + 4 + 5 + 9 + 10 + 11],
+            [12 + 13 + 14 + 18 + 19 + 20, 15 + 16 + 17 + 21 + 22 + 23]]  # fmt: skip
+    expected = torch.tensor([rows], dtype=torch.float64) / 6
     torch.testing.assert_close(d, expected, rtol=0, atol=1e-14)
     u = upsample(torch.tensor([[1.0, 2.0]]), (3,))
     assert torch.equal(u, torch.tensor([[1.0, 1.0, 1.0, 2.0, 2.0, 2.0]]))

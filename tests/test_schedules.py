@@ -166,7 +166,10 @@ def test_flow_schedule_matching(t, factors):
 @pytest.mark.parametrize(
     "ac, match",
     [
-        ([0.9, 0.95, 0.5], r"strictly decreasing.*alphas_cumprod\[0\] = 0\.9 <= alphas_cumprod\[1\]"),
+        (
+            [0.9, 0.95, 0.5],
+            r"strictly decreasing.*alphas_cumprod\[0\] = 0\.9 <= alphas_cumprod\[1\]",
+        ),
         ([0.9, 0.9, 0.5], r"strictly decreasing"),
         ([1.0, 0.5], r"must lie in \(0, 1\)"),
         ([0.9, -0.1], r"must lie in \(0, 1\)"),
@@ -182,7 +185,9 @@ def test_bad_discrete_schedules(ac, match):
 
 def test_times_outside_the_schedule():
     sched = DiscreteSchedule.linear()
-    with pytest.raises(ValueError, match=r"t=1000\.0 is outside the schedule's timesteps \[0, 999\]"):
+    with pytest.raises(
+        ValueError, match=r"t=1000\.0 is outside the schedule's timesteps \[0, 999\]"
+    ):
         sched.check_times(torch.tensor([5, 1000]))
     with pytest.raises(ValueError, match=r"t=-0\.5 is outside"):
         sched.check_times(-0.5)

@@ -51,8 +51,8 @@ def upsample_guidance(
     """The guided prediction ``p + w·U[r·p_low − D[p] + q·D[x]]`` (Eq. 10 for ε: r = 1/√k, q = 0).
 
     ``pred`` is the model's prediction at the high resolution, ``pred_low`` its prediction on the
-    low-resolution input, ``x_down = D[x]`` the block mean of the noisy input, and ``weight``, ``r``,
-    ``q`` are scalars or one value per batch element (see
+    low-resolution input, ``x_down = D[x]`` the block mean of the noisy input, and ``weight``,
+    ``r``, ``q`` are scalars or one value per batch element (see
     :func:`ug_core.parameterizations.guidance_coefficients`). Half-precision inputs are combined in
     float32; the result has ``pred``'s dtype and device.
     """
@@ -92,6 +92,11 @@ class UpsampleGuidance:
     ``time_matching`` is ``"nearest"`` (paper, appendix A), ``"exact"`` (fractional τ), or
     ``"off"`` (ablation). ``match_power=False`` drops the 1/√P input scale (ablation only).
     ``below_range`` is one of :data:`BELOW_RANGE`.
+
+    The low-resolution prediction is read at the coefficients its input actually has,
+    ``(c·a(t), c·s(t)/√k)``. With exact matching these are the coefficients of τ. With
+    ``"nearest"`` (τ rounded to a timestep) or a clamped τ they differ slightly from τ's; reading
+    them this way makes the ε form exactly the paper's Eq. 10.
 
     Example::
 
@@ -182,6 +187,7 @@ class UpsampleGuidance:
         model: Callable[..., torch.Tensor],
         x: torch.Tensor,
         t: Any,
+        /,
         *args: Any,
         low_res_inputs: LowResInputs | None = None,
         **kwargs: Any,

@@ -1,4 +1,4 @@
-"""The two linear operators of upsample guidance: block-mean downsampling D and nearest upsampling U.
+"""The two linear operators of upsample guidance: block-mean downsampling D, nearest upsampling U.
 
 Both act on the trailing ``len(factors)`` axes of a tensor, by integer factors that may differ per
 axis: ``(2, 2)`` for images, ``(2,)`` for sequences, ``(2, 1, 1)`` for video frames only. With

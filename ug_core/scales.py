@@ -62,18 +62,21 @@ def check_scale(scale: object) -> ScaleLike:
 
 
 def weights_at(scale: ScaleLike, eta: float, fractions: torch.Tensor) -> torch.Tensor:
-    """w for each time fraction (float64): ``scale(fraction)``, gated by ``eta``."""
+    """w for each time fraction (float64): ``scale(fraction)`` where the η gate is on, else 0.
+
+    A callable scale is called once per distinct fraction, with a Python float.
+    """
     eta = _check_eta(eta)
-    out = torch.zeros_like(fractions, dtype=torch.float64)
-    flat = fractions.reshape(-1).tolist()
-    cache: dict[float, float] = {}
-    for i, f in enumerate(flat):
-        if f not in cache:
-            w = scale(f) if callable(scale) else scale
-            if isinstance(w, torch.Tensor):
-                w = w.item()
-            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w):
-                raise ValueError(f"scale({f!r}) must return a finite real number, got {w!r}")
-            cache[f] = float(w) if is_on(f, eta) else 0.0
-        out.view(-1)[i] = cache[f]
+    fractions = fractions.to(torch.float64)
+    on = fractions >= 1.0 - eta - 1e-12 if eta > 0 else torch.zeros_like(fractions, dtype=bool)
+    if not callable(scale):
+        return torch.where(on, torch.full_like(fractions, float(scale)), 0.0)
+    out = torch.zeros_like(fractions)
+    for f in fractions[on].unique().tolist():
+        w = scale(f)
+        if isinstance(w, torch.Tensor) and w.numel() == 1:
+            w = w.item()
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w):
+            raise ValueError(f"scale({f!r}) must return a finite real number, got {w!r}")
+        out[on & (fractions == f)] = float(w)
     return out

@@ -111,7 +111,8 @@ class DiscreteSchedule:
 
     Time unit: the timestep index, ``0 <= t <= N - 1`` (0 the cleanest). Fractional timesteps, as
     diffusers' Karras-sigma schedulers pass them, are interpolated linearly in log-SNR, which is
-    linear interpolation in log-sigma as in diffusers and k-diffusion. ``x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε``.
+    linear interpolation in log-sigma as in diffusers and k-diffusion.
+    ``x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε``.
 
     A zero-terminal-SNR schedule (``alphas_cumprod[-1] == 0``) is accepted; its log-SNR is floored
     at ``log(tiny)`` so that the interpolation stays finite.
@@ -283,7 +284,7 @@ class SigmaSchedule:
         return torch.ones_like(t), t.clone()
 
     def time_fraction(self, t: torch.Tensor) -> torch.Tensor:
-        """Position of log σ between log sigma_min and log sigma_max, in [0, 1] (or ``fraction``)."""
+        """Position of log σ between log sigma_min and log sigma_max in [0, 1], or ``fraction``."""
         t = as_times(t)
         if self.fraction is not None:
             return as_times(self.fraction(t), "fraction(sigma)").reshape(t.shape)

@@ -77,7 +77,7 @@ def power_spectrum(x: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def log_spectral_distance(x: torch.Tensor, lam: torch.Tensor) -> float:
-    """Mean over frequencies of ``|log(P̂/λ)|``: 0 for a perfect covariance (up to sampling noise)."""
+    """Mean over frequencies of ``|log(P̂/λ)|``: 0 for a perfect covariance, up to sampling noise."""
     p = power_spectrum(x, lam.ndim)
     return float((p / lam).log().abs().mean())
 
@@ -106,7 +106,9 @@ class GaussianTestbed:
                 f"factors {self.factors} and trained_shape {self.trained_shape} must have the "
                 "same length"
             )
-        self.high_shape = tuple(n * f for n, f in zip(self.trained_shape, self.factors, strict=True))
+        self.high_shape = tuple(
+            n * f for n, f in zip(self.trained_shape, self.factors, strict=True)
+        )
         self.schedule = schedule or DiscreteSchedule.linear()
         lam_high = matern_spectrum(self.high_shape, corr, order)
         lam_low = block_mean_spectrum(lam_high, self.factors)

@@ -1,0 +1,362 @@
+"""Upsample guidance for k-diffusion-style denoisers, in sigma space (ug-math §6).
+
+A k-diffusion denoiser is any callable ``inner(x, sigma, **extra_args) -> denoised`` that returns
+the x0 estimate of ``x = x0 + sigma·noise``: ``k_diffusion.external.DiscreteEpsDDPMDenoiser``,
+``DiscreteVDDPMDenoiser``, ``CompVisDenoiser``, ``k_diffusion.layers.Denoiser`` (EDM), the CFG
+wrappers of k-diffusion's scripts and A1111, or your own. :class:`UpsampleGuidedDenoiser` wraps one
+and is itself one, so every ``k_diffusion.sampling.sample_*`` (and ComfyUI- or A1111-style copies
+of them that follow the same contract) takes it unchanged::
+
+    import k_diffusion as K
+    from ug_core.adapters.k_diffusion import UpsampleGuidedDenoiser
+
+    model = K.external.CompVisDenoiser(sd_model)  # trained at 64x64 latents
+    guided = UpsampleGuidedDenoiser(model, factors=(2, 2), scale=1.0, eta=0.6)
+    sigmas = model.get_sigmas(30)
+    x = torch.randn(1, 4, 128, 128) * sigmas[0]
+    samples = K.sampling.sample_dpmpp_2m(guided, x, sigmas, extra_args=extra_args)
+
+Per call, with ``k = prod(factors)`` (the maths is the core's; this module only maps sigma to it):
+
+``denoised' = denoised + w·U[inner(D[x], σ/√k) − D[denoised]]``
+
+``D[x]`` is already a valid sample at ``σ/√k`` (no power factor in sigma space), and the guidance
+is applied to the denoised (x0) output. The whole batch, conditional and unconditional halves
+included, goes through one low-resolution call, and none is made where ``w == 0``.
+
+Importing this module imports neither k-diffusion nor anything from it.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..guidance import LowResInputs, UpsampleGuidance
+from ..scales import ScaleLike
+from ..schedules import SigmaSchedule
+
+__all__ = [
+    "UpsampleGuidedDenoiser",
+    "CFGDenoiser",
+    "find_discrete_schedule",
+    "discrete_time_fraction",
+    "EDM_SIGMA_MIN",
+    "EDM_SIGMA_MAX",
+    "DEFAULT_TIME_MATCHING",
+    "FORWARDED_ATTRIBUTES",
+]
+
+#: The default sigma range of a continuous (non-discrete) denoiser: EDM's (Karras et al. 2022).
+EDM_SIGMA_MIN = 0.002
+#: See :data:`EDM_SIGMA_MIN`.
+EDM_SIGMA_MAX = 80.0
+
+#: In sigma space ``"exact"`` and ``"nearest"`` agree: the low-resolution call gets ``σ/√k``. A
+#: wrapped discrete model then maps that sigma to its own timestep with its ``sigma_to_t``:
+#: fractional (log-sigma interpolation, the core's ``"exact"`` VP matching), or the nearest
+#: timestep (the paper's appendix A) if the model was built with ``quantize=True``.
+DEFAULT_TIME_MATCHING = "exact"
+
+#: Attributes that :class:`UpsampleGuidedDenoiser` and :class:`CFGDenoiser` read through from the
+#: wrapped model's discrete schedule (or the wrapped model), so that code written for a
+#: k-diffusion ``DiscreteSchedule`` (``guided.get_sigmas(30)``, ``guided.sigma_max``) keeps working.
+FORWARDED_ATTRIBUTES = (
+    "sigmas",
+    "log_sigmas",
+    "sigma_min",
+    "sigma_max",
+    "sigma_data",
+    "quantize",
+    "get_sigmas",
+    "sigma_to_t",
+    "t_to_sigma",
+)
+
+Denoiser = Callable[..., torch.Tensor]
+
+
+def find_discrete_schedule(model: object) -> Any | None:
+    """Return the discrete noise schedule of a (possibly wrapped) k-diffusion model, or None.
+
+    That is the first of ``model``, ``model.inner_model``, ``model.inner_model.inner_model``, ...
+    that has a callable ``sigma_to_t`` and a tensor ``sigmas`` (k-diffusion's
+    ``external.DiscreteSchedule`` and its subclasses, seen through CFG wrappers).
+    """
+    seen: set[int] = set()
+    while model is not None and id(model) not in seen:
+        seen.add(id(model))
+        if callable(getattr(model, "sigma_to_t", None)) and isinstance(
+            getattr(model, "sigmas", None), torch.Tensor
+        ):
+            return model
+        model = getattr(model, "inner_model", None)
+    return None
+
+
+def discrete_time_fraction(schedule: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Sigma (float64 tensor) to the time fraction ``sigma_to_t(σ)/(N − 1)`` of a discrete model.
+
+    ``N = len(schedule.sigmas)``; the fraction is 1 at the noisiest timestep, 0 at the cleanest.
+    ``sigma_to_t`` runs in the schedule's own dtype and device, clamping sigmas outside its range.
+    """
+    last = len(schedule.sigmas) - 1
+
+    def fraction(sigma: torch.Tensor) -> torch.Tensor:
+        """Return the time fraction of each sigma, float64 on the CPU."""
+        ref = schedule.sigmas
+        t = schedule.sigma_to_t(sigma.to(device=ref.device, dtype=ref.dtype))
+        return t.to(device="cpu", dtype=torch.float64) / last
+
+    return fraction
+
+
+def _check_sigma_bound(value: object, name: str) -> float | None:
+    """``value`` as a float (None stays None), or a TypeError naming ``name``."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a positive real number (a sigma) or None, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    return float(value)
+
+
+def _sigma_schedule(
+    inner: object,
+    sigma_min: float | None,
+    sigma_max: float | None,
+    fraction: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> SigmaSchedule:
+    """Build ``inner``'s sigma schedule: its discrete schedule's range and time axis, else EDM's."""
+    lo = _check_sigma_bound(sigma_min, "sigma_min")
+    hi = _check_sigma_bound(sigma_max, "sigma_max")
+    discrete = find_discrete_schedule(inner)
+    if discrete is not None:
+        sigmas = discrete.sigmas.detach()
+        lo = float(sigmas.min()) if lo is None else lo
+        hi = float(sigmas.max()) if hi is None else hi
+        fraction = discrete_time_fraction(discrete) if fraction is None else fraction
+    lo = EDM_SIGMA_MIN if lo is None else lo
+    hi = EDM_SIGMA_MAX if hi is None else hi
+    return SigmaSchedule(lo, hi, fraction=fraction)
+
+
+def _forwarded(module: nn.Module, name: str) -> Any:
+    """``name`` read from the wrapped model's discrete schedule, else from the wrapped model."""
+    inner = module.__dict__.get("_modules", {}).get("inner_model")
+    if inner is None:
+        inner = module.__dict__.get("inner_model")
+    source = find_discrete_schedule(inner)
+    for obj in (source, inner):
+        if obj is not None and hasattr(obj, name):
+            return getattr(obj, name)
+    raise AttributeError(f"{type(module).__name__!r} object has no attribute {name!r}")
+
+
+class UpsampleGuidedDenoiser(nn.Module):
+    """A k-diffusion denoiser with upsample guidance: ``guided(x, sigma, **extra_args)``.
+
+    ``inner`` is the denoiser trained at the low resolution: ``inner(x, sigma, **extra_args)``
+    returns the x0 estimate (``denoised``) of ``x = x0 + σ·noise``. ``factors`` are the integer
+    upsampling factors of the trailing axes (``(2, 2)``: 2x in height and width, ``k = 4``).
+
+    **Scale over time (the paper's θ, η), gated by sigma.** ``scale`` is θ: a float, or a callable
+    of the time fraction (a float in [0, 1], 1 = noisiest) returning w. ``eta`` is η: guidance is on
+    while the time fraction is ``>= 1 − η``, i.e. during the noisiest η of the time axis, whatever
+    steps the sampler takes (Heun, DPM adaptive and friends keep no step count). Sigma maps to the
+    time fraction so:
+
+    - discrete models (``inner``, or an ``inner.inner_model`` down the chain, has ``sigma_to_t`` and
+      ``sigmas``, as k-diffusion's ``DiscreteEpsDDPMDenoiser``, ``DiscreteVDDPMDenoiser``,
+      ``CompVisDenoiser`` do): ``sigma_to_t(σ)/(N − 1)``, the model's own timestep over the last
+      one, i.e. the paper's t/T. ``sigma_min``/``sigma_max`` default to the model's sigma range.
+    - continuous models (anything else, e.g. ``k_diffusion.layers.Denoiser``): the position of
+      ``log σ`` between ``log sigma_min`` and ``log sigma_max``, clipped to [0, 1]; the range
+      defaults to EDM's (0.002, 80). Pass the range your model was trained on.
+
+    ``fraction`` replaces either mapping: a callable from a float64 sigma tensor to fractions
+    (e.g. ``lambda s: v_denoiser.sigma_to_t(s)`` for a v-diffusion model, whose t is in [0, 1]).
+
+    **Below sigma_min.** Near the end of sampling ``σ/√k`` falls below the model's ``sigma_min``
+    (for Stable Diffusion's schedule, for every ``σ < 0.058`` at k = 4). ``below_range``:
+
+    - ``"clamp"`` (default): the low-resolution call is made at ``sigma_min``. Its input ``D[x]`` is
+      then slightly less noisy than the model assumes: a negligible mismatch at the clean end
+      (both denoisers are then close to the identity, so the correction is small either way), and
+      what a discrete model does anyway (its ``sigma_to_t`` clamps any smaller sigma to t = 0).
+      The guidance stays continuous in sigma instead of switching off abruptly near the end.
+    - ``"skip"``: the guidance is off for those batch elements (their output is ``inner``'s, bit
+      for bit); no low-resolution call is made when every element is below.
+    - ``"error"``: raise a ValueError.
+
+    ``time_matching``: ``"exact"`` (default, :data:`DEFAULT_TIME_MATCHING`) or ``"nearest"`` (the
+    same in sigma space), or ``"off"`` (the low call at σ itself: an ablation only).
+    ``low_res_inputs(args, kwargs, factors) -> (args, kwargs)`` adapts extra_args that depend on
+    the resolution (e.g. concatenated image conditioning) for the low-resolution call.
+
+    Attributes: ``inner_model`` (the wrapped denoiser, as in k-diffusion's wrappers), ``guidance``
+    (the core :class:`~ug_core.UpsampleGuidance`), and, read through from the wrapped model's
+    discrete schedule, :data:`FORWARDED_ATTRIBUTES` (``guided.get_sigmas(n)`` etc.).
+    """
+
+    def __init__(
+        self,
+        inner: Denoiser,
+        factors: int | tuple[int, ...] = (2, 2),
+        scale: ScaleLike = 1.0,
+        *,
+        eta: float = 1.0,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        below_range: str = "clamp",
+        time_matching: str = DEFAULT_TIME_MATCHING,
+        fraction: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        low_res_inputs: LowResInputs | None = None,
+    ) -> None:
+        super().__init__()
+        if not callable(inner):
+            raise TypeError(
+                "inner must be a callable denoiser inner(x, sigma, **extra_args) -> denoised, "
+                f"got {type(inner).__name__}"
+            )
+        if low_res_inputs is not None and not callable(low_res_inputs):
+            raise TypeError(
+                "low_res_inputs must be None or a callable (args, kwargs, factors) -> "
+                f"(args, kwargs), got {type(low_res_inputs).__name__}"
+            )
+        schedule = _sigma_schedule(inner, sigma_min, sigma_max, fraction)
+        self.inner_model = inner
+        self.low_res_inputs = low_res_inputs
+        self.guidance = UpsampleGuidance(
+            schedule,
+            factors,
+            scale,
+            prediction="sample",
+            time_matching=time_matching,
+            eta=eta,
+            below_range=below_range,
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        """nn.Module's attributes, then :data:`FORWARDED_ATTRIBUTES` of the wrapped model."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name not in FORWARDED_ATTRIBUTES:
+                raise
+        return _forwarded(self, name)
+
+    def extra_repr(self) -> str:
+        """Describe the guidance's settings, for ``repr``."""
+        return repr(self.guidance)
+
+    def weight(self, sigma: torch.Tensor | float) -> torch.Tensor:
+        """Return w at sigma(s): θ (or ``scale(fraction)``) gated by η, float64 on the CPU."""
+        return self.guidance.weight(sigma)
+
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, **extra_args: Any
+    ) -> torch.Tensor:
+        """Return the guided x0 estimate of ``x`` at noise level ``sigma`` (one or per element).
+
+        A plain number ``sigma`` is passed on as a tensor of one sigma per batch element, as the
+        k-diffusion samplers pass it (``sigma * s_in``).
+        """
+        if isinstance(sigma, numbers.Real) and not isinstance(sigma, bool):
+            sigma = torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
+        return self.guidance(
+            self.inner_model, x, sigma, low_res_inputs=self.low_res_inputs, **extra_args
+        )
+
+
+def _cat_halves(uncond: Any, cond: Any) -> Any:
+    """``uncond`` and ``cond`` concatenated on the batch axis (tensors, or dicts/lists of them)."""
+    if isinstance(uncond, torch.Tensor) and isinstance(cond, torch.Tensor):
+        if uncond.shape[1:] != cond.shape[1:]:
+            raise ValueError(
+                f"uncond and cond must match beyond the batch axis, got shapes "
+                f"{tuple(uncond.shape)} and {tuple(cond.shape)}"
+            )
+        return torch.cat([uncond, cond])
+    if isinstance(uncond, dict) and isinstance(cond, dict) and uncond.keys() == cond.keys():
+        return {key: _cat_halves(uncond[key], cond[key]) for key in cond}
+    if (
+        isinstance(uncond, (list, tuple))
+        and type(uncond) is type(cond)
+        and len(uncond) == len(cond)
+    ):
+        return type(cond)(_cat_halves(u, c) for u, c in zip(uncond, cond, strict=True))
+    raise TypeError(
+        "uncond and cond must be tensors, or dicts/lists of tensors with the same structure, "
+        f"got {type(uncond).__name__} and {type(cond).__name__}"
+    )
+
+
+class CFGDenoiser(nn.Module):
+    """Classifier-free guidance for a k-diffusion denoiser, both halves in one call.
+
+    The usual k-diffusion CFG wrapper (as in k-diffusion's scripts and A1111):
+    ``cfg(x, sigma, uncond=..., cond=..., cond_scale=...)`` calls
+    ``inner(cat[x, x], cat[σ, σ], cond=cat[uncond, cond], **extra_args)`` once and returns
+    ``u + (c − u)·cond_scale``. ``uncond``/``cond`` are tensors or dicts/lists of tensors;
+    ``cond_scale`` is a float (the CFG scale).
+
+    It composes with :class:`UpsampleGuidedDenoiser` in either order with exactly one
+    low-resolution call per denoiser call, and both orders give the same result (UG is linear in
+    the two predictions, ug-math §10)::
+
+        guided = UpsampleGuidedDenoiser(CFGDenoiser(model), factors=(2, 2))  # UG(CFG(.))
+        guided = CFGDenoiser(UpsampleGuidedDenoiser(model, factors=(2, 2)))  # CFG(UG(.))
+        extra_args = {"cond": cond, "uncond": uncond, "cond_scale": 7.5}
+
+    UG(CFG(.)) finds a discrete model's schedule through ``inner_model``.
+    """
+
+    def __init__(self, inner: Denoiser) -> None:
+        super().__init__()
+        if not callable(inner):
+            raise TypeError(
+                "inner must be a callable denoiser inner(x, sigma, cond=..., **extra_args), got "
+                f"{type(inner).__name__}"
+            )
+        self.inner_model = inner
+
+    def __getattr__(self, name: str) -> Any:
+        """nn.Module's attributes, then :data:`FORWARDED_ATTRIBUTES` of the wrapped model."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name not in FORWARDED_ATTRIBUTES:
+                raise
+        return _forwarded(self, name)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor | float,
+        uncond: Any,
+        cond: Any,
+        cond_scale: float | torch.Tensor,
+        **extra_args: Any,
+    ) -> torch.Tensor:
+        """Return the CFG x0 estimate ``u + (c − u)·cond_scale`` at noise level ``sigma``."""
+        batch = x.shape[0]
+        sigma = torch.as_tensor(sigma, device=x.device)
+        if sigma.ndim > 1 or sigma.numel() not in (1, batch):
+            raise ValueError(
+                f"sigma must be a number or hold 1 or {batch} values, got shape "
+                f"{tuple(sigma.shape)}"
+            )
+        sigma_in = torch.cat([sigma.reshape(-1).expand(batch)] * 2)
+        x_in = torch.cat([x, x])
+        out = self.inner_model(x_in, sigma_in, cond=_cat_halves(uncond, cond), **extra_args)
+        u, c = out.chunk(2)
+        return u + (c - u) * cond_scale
