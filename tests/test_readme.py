@@ -1,0 +1,50 @@
+"""The README's promises: its test command is what .ci/run runs, and its Python examples run."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _shell_blocks():
+    return re.findall(r"```(?:bash|sh|shell)\n(.*?)```", README, flags=re.S)
+
+
+def _python_blocks():
+    """Every ```python block; a block whose first line says 'not run here' is shown only."""
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    return [b for b in blocks if "not run here" not in b.splitlines()[0]]
+
+
+def test_readme_opens_with_the_two_commands():
+    first = _shell_blocks()[0]
+    commands = [line for line in first.splitlines() if line and not line.startswith("#")]
+    assert len(commands) == 2
+    assert "ug sample" in commands[0]
+    assert "pytest" in commands[1] and '".[test]"' in commands[1]
+    assert README.index("```") < README.index("## ")  # before any section
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    test_command = [line for line in _shell_blocks()[0].splitlines() if "pytest" in line][0]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_command.strip() in [line.strip() for line in ci]
+
+
+@pytest.mark.parametrize("index", range(len(_python_blocks())))
+def test_python_example_runs(index, tmp_path):
+    code = _python_blocks()[index]
+    script = tmp_path / f"readme_example_{index}.py"
+    script.write_text(code)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
