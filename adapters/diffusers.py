@@ -442,13 +442,11 @@ class _Engine:
             high, variance = high[:, :channels], high[:, channels:]
 
         def model(x_in: torch.Tensor, t_in: Any, **kwargs: Any) -> torch.Tensor:
-            """The UNet as the core sees it: the known output for x, a real call otherwise."""
-            if x_in is x:
-                return high
+            """The UNet's low-resolution call as the core sees it: a tensor prediction."""
             low = _output_sample(low_call(x_in, t_in, **kwargs))
             return low[:, :channels] if variance is not None else low
 
-        guided = guide(model, x, t, low_res_inputs=self.low_res_inputs(x), **named)
+        guided = guide.apply(high, model, x, t, low_res_inputs=self.low_res_inputs(x), **named)
         if guided is high:
             return None
         if variance is not None:

@@ -405,3 +405,16 @@ def test_call_errors():
         )
     with pytest.raises(TypeError, match=r"model must be callable"):
         UpsampleGuidance(SD).wrap(3)
+
+
+def test_apply_guides_a_known_prediction_like_call():
+    model = Model()
+    x = torch.randn(2, 3, 8, 8, dtype=F64)
+    guide = UpsampleGuidance(SD, (2, 2), 1.2, time_matching="exact")
+    expected = guide(model, x, 640.0)
+    low = Model()
+    got = guide.apply(Model()(x, 640.0), low, x, 640.0)
+    assert torch.equal(got, expected)
+    assert [c["shape"] for c in low.calls] == [(2, 3, 4, 4)]  # only the low-resolution call
+    with pytest.raises(ValueError, match=r"t=1000\.0 is outside"):
+        guide.apply(x, low, x, 1000)

@@ -166,8 +166,8 @@ class UpsampleGuidance:
         valid = ~match.below if self.below_range == "skip" else torch.ones_like(match.below)
         return _time_like(match.time, t), match.scale, valid
 
-    def _check_input(self, x: torch.Tensor, t: Any) -> None:
-        """Raise a clear error for a non-tensor input, too many factors, or undivided sizes."""
+    def check_input(self, x: torch.Tensor, t: Any) -> None:
+        """Raise a clear error for a non-tensor input, too many factors, undivided sizes or t."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if len(self.factors) > x.ndim - 1:
@@ -197,10 +197,42 @@ class UpsampleGuidance:
         The whole batch goes through one low-resolution call, made only where w != 0; where
         w == 0 the model's own output is returned unchanged.
         """
-        self._check_input(x, t)
-        times = as_times(t)
-        w = self.weight(times)
+        self.check_input(x, t)
+        w = self.weight(t)
         pred = model(x, t, *args, **kwargs)
+        return self._guide(pred, w, model, x, t, args, kwargs, low_res_inputs)
+
+    def apply(
+        self,
+        pred: torch.Tensor,
+        model: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        t: Any,
+        /,
+        *args: Any,
+        low_res_inputs: LowResInputs | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Guide a prediction the caller already has: ``pred = model(x, t, *args, **kwargs)``.
+
+        For adapters that see the high-resolution output first (e.g. a forward hook); ``model``
+        is then called only for the low-resolution branch. Same result as :meth:`__call__`.
+        """
+        self.check_input(x, t)
+        return self._guide(pred, self.weight(t), model, x, t, args, kwargs, low_res_inputs)
+
+    def _guide(
+        self,
+        pred: torch.Tensor,
+        w: torch.Tensor,
+        model: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        t: Any,
+        args: tuple,
+        kwargs: dict,
+        low_res_inputs: LowResInputs | None,
+    ) -> torch.Tensor:
+        """The low-resolution call and the kernel, for a known prediction and weights w."""
         if not isinstance(pred, torch.Tensor):
             raise TypeError(
                 f"the model must return a tensor, got {type(pred).__name__}; adapt its output "
@@ -232,7 +264,7 @@ class UpsampleGuidance:
                 f"the low-resolution call returned {getattr(pred_low, 'shape', type(pred_low))}, "
                 f"expected a tensor of shape {tuple(x_low.shape)}"
             )
-        a, s = self.schedule.coefficients(times)
+        a, s = self.schedule.coefficients(as_times(t))
         r, q = guidance_coefficients(self.prediction, a, s, c, self.k)
         guided = upsample_guidance(pred, pred_low, x_down, w, r, q, self.factors)
         if w.ndim == 0 or bool((w != 0).all()):
