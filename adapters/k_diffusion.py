@@ -161,6 +161,16 @@ def _forwarded(module: nn.Module, name: str) -> Any:
     raise AttributeError(f"{type(module).__name__!r} object has no attribute {name!r}")
 
 
+def _forwarding_getattr(self: nn.Module, name: str) -> Any:
+    """nn.Module's attributes, then :data:`FORWARDED_ATTRIBUTES` of the wrapped model."""
+    try:
+        return nn.Module.__getattr__(self, name)
+    except AttributeError:
+        if name not in FORWARDED_ATTRIBUTES:
+            raise
+    return _forwarded(self, name)
+
+
 class UpsampleGuidedDenoiser(nn.Module):
     """A k-diffusion denoiser with upsample guidance: ``guided(x, sigma, **extra_args)``.
 
@@ -245,14 +255,7 @@ class UpsampleGuidedDenoiser(nn.Module):
             below_range=below_range,
         )
 
-    def __getattr__(self, name: str) -> Any:
-        """nn.Module's attributes, then :data:`FORWARDED_ATTRIBUTES` of the wrapped model."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name not in FORWARDED_ATTRIBUTES:
-                raise
-        return _forwarded(self, name)
+    __getattr__ = _forwarding_getattr
 
     def extra_repr(self) -> str:
         """Describe the guidance's settings, for ``repr``."""
@@ -329,14 +332,7 @@ class CFGDenoiser(nn.Module):
             )
         self.inner_model = inner
 
-    def __getattr__(self, name: str) -> Any:
-        """nn.Module's attributes, then :data:`FORWARDED_ATTRIBUTES` of the wrapped model."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name not in FORWARDED_ATTRIBUTES:
-                raise
-        return _forwarded(self, name)
+    __getattr__ = _forwarding_getattr
 
     def forward(
         self,
