@@ -159,7 +159,8 @@ def test_callable_scale_sees_the_time_fraction():
     seen = []
     guide = UpsampleGuidance(SD, (2, 2), scale=lambda f: seen.append(f) or 2 * f)
     w = guide.weight(torch.tensor([999.0, 333.0]))
-    assert sorted(seen) == [333 / 999, 1.0] and torch.allclose(w, torch.tensor([2.0, 666 / 999], dtype=F64))
+    assert sorted(seen) == [333 / 999, 1.0]
+    torch.testing.assert_close(w, torch.tensor([2.0, 666 / 999], dtype=F64), rtol=0, atol=1e-15)
 
 
 # ---------------------------------------------------------------- CFG commutes

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from scipy import linalg, ndimage
 from .shapes import MIN_CONTRAST
 
 __all__ = [
+    "FEATURE_GROUPS",
     "segment",
     "count_objects",
     "size_distance",
@@ -41,6 +43,11 @@ __all__ = [
 ]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
+
+#: Columns of :func:`features` by what they measure: layout and colour (4×4 luminance, channel
+#: means and spreads), texture and sharpness (radial power spectrum, gradient histogram), and
+#: object geometry (count, largest area, foreground fraction, compactness).
+FEATURE_GROUPS = {"layout": slice(0, 22), "texture": slice(22, 36), "geometry": slice(36, 40)}
 
 
 def _to_numpy(images: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -73,9 +80,7 @@ def _background(img: np.ndarray, ring: int) -> np.ndarray:
     return np.einsum("hwk,kc->chw", design, coef)
 
 
-def segment(
-    images: torch.Tensor | np.ndarray, threshold: float = MIN_CONTRAST / 2
-) -> np.ndarray:
+def segment(images: torch.Tensor | np.ndarray, threshold: float = MIN_CONTRAST / 2) -> np.ndarray:
     """Foreground masks (n, H, W): pixels farther than ``threshold`` from the fitted background."""
     x = _to_numpy(images)
     ring = max(1, min(x.shape[-2:]) // 32)
@@ -122,7 +127,7 @@ def size_distance(areas: np.ndarray, reference: np.ndarray) -> float:
 
 
 def _radial_spectrum(lum: np.ndarray, bands: int = 8) -> np.ndarray:
-    """Mean log power of ``lum`` (H, W) in ``bands`` radial frequency bands (fraction of Nyquist)."""
+    """Mean log power of ``lum`` (H, W) in ``bands`` radial bands (frequency / Nyquist)."""
     h, w = lum.shape
     power = np.abs(np.fft.fft2(lum - lum.mean())) ** 2 / (h * w)
     fy, fx = np.meshgrid(np.fft.fftfreq(h) * 2, np.fft.fftfreq(w) * 2, indexing="ij")
@@ -167,9 +172,7 @@ def features(images: torch.Tensor | np.ndarray, min_area: float = 0.004) -> np.n
     return out
 
 
-def frechet_distance(
-    feats: np.ndarray, reference: np.ndarray, normalize: bool = True
-) -> float:
+def frechet_distance(feats: np.ndarray, reference: np.ndarray, normalize: bool = True) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (rows = samples).
 
     With ``normalize``, both sets are standardised by the reference set's mean and standard
@@ -181,9 +184,12 @@ def frechet_distance(
         mu, sd = b.mean(0), np.maximum(b.std(0), 1e-2)
         a, b = (a - mu) / sd, (b - mu) / sd
     m1, m2 = a.mean(0), b.mean(0)
-    c1, c2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(c1 @ c2, disp=False)
-    covmean = np.real(covmean)
+    ridge = 1e-6 * np.eye(a.shape[1])  # constant features make a covariance singular
+    c1, c2 = np.cov(a, rowvar=False) + ridge, np.cov(b, rowvar=False) + ridge
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # near-singular products: the real part is what counts
+        covmean = linalg.sqrtm(c1 @ c2)
+    covmean = np.real(covmean[0] if isinstance(covmean, tuple) else covmean)
     return float(((m1 - m2) ** 2).sum() + np.trace(c1 + c2 - 2 * covmean))
 
 

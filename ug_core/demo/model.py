@@ -119,7 +119,9 @@ class DemoModel:
         """One UNet call: the prediction for ``x`` at timesteps ``t``."""
         self.counter.add(x)
         with torch.no_grad():
-            return self.unet(x, t, class_labels=class_labels, return_dict=False)[0]
+            out = self.unet(x, t, class_labels=class_labels, return_dict=False)[0]
+        # A learned-variance UNet returns (prediction, variance) stacked on the channels.
+        return out[:, : x.shape[1]] if out.shape[1] == 2 * x.shape[1] else out
 
     def model_fn(
         self, labels: torch.Tensor | None = None, cfg: float = 1.0
@@ -268,13 +270,7 @@ def generate(
     for i in range(0, n, batch_size):
         xt = noise[i : i + batch_size].to(model.device)
         lab = labels[i : i + batch_size] if labels is not None else None
-        base = model.model_fn(lab, cfg)
-
-        def fn(x: torch.Tensor, t: torch.Tensor, _base=base, _n=len(xt)) -> torch.Tensor:
-            """The model, ticking the progress bar once per full-resolution call."""
-            if x.shape[-2:] == (h, w):
-                bar.update(_n)
-            return _base(x, t)
+        fn = _ticking(model.model_fn(lab, cfg), bar, (h, w), len(xt))
 
         x = sample_ddim(
             fn, model.schedule, steps, None, guide, noise=xt, eta=0.0,
@@ -283,6 +279,20 @@ def generate(
         out.append(x.clamp(-1, 1).cpu())
     bar.close()
     return torch.cat(out)
+
+
+def _ticking(
+    base: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], bar: Any, size: tuple, n: int
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``base``, ticking the progress bar by ``n`` at each call at the full ``size``."""
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model, ticking the progress bar once per full-resolution call."""
+        if tuple(x.shape[-2:]) == tuple(size):
+            bar.update(n)
+        return base(x, t)
+
+    return fn
 
 
 def low_res_noise(noise: torch.Tensor, factors: int | Sequence[int]) -> torch.Tensor:

@@ -218,6 +218,6 @@ def render(
 def sample(
     n: int, size: int | Sequence[int] = 32, seed: int = 0, supersample: int = 4
 ) -> tuple[torch.Tensor, ShapeParams]:
-    """``n`` random images at ``size`` and their parameters (the same seed gives the same scenes)."""
+    """``n`` random images at ``size`` and their parameters (a seed gives the same scenes)."""
     params = sample_params(n, seed)
     return render(params, size, supersample), params

@@ -6,7 +6,8 @@ Reproducible and seeded, on the CPU::
 
 writes ``config.json`` + ``diffusion_pytorch_model.safetensors`` (``UNet2DModel.save_pretrained``,
 the EMA weights) and ``scheduler_config.json`` (a ``DDPMScheduler``: 1000 steps, linear betas,
-epsilon prediction) and ``classes.json`` (the class names and the null class), and logs the loss and the wall time. The data are
+epsilon prediction) and ``classes.json`` (the class names and the null class), and logs the loss
+and the wall time. The data are
 :mod:`ug_core.demo.shapes` images rendered at 32×32 from a fixed seed (a pool, with random
 horizontal flips, which leave the distribution unchanged). Class ``len(CLASSES)`` is the null class:
 labels are dropped to it with probability ``--cfg-dropout`` so that classifier-free guidance works.

@@ -1,0 +1,217 @@
+"""The ``ug`` command: default run, --model and --pipeline folders, and every error path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ug_core.cli import main, parse_factors, parse_size
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from diffusers_models import (  # noqa: E402
+    EMBED_DIM,
+    tiny_ddpm_pipeline,
+    tiny_pixel_unet,
+    tiny_sd_pipeline,
+)
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+torch.set_num_threads(1)
+FAST = ["--n", "1", "--steps", "2", "--no-progress"]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's byte → printable character table."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    bs += range(ord("®"), ord("ÿ") + 1)
+    cs, n = list(bs), 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def tiny_text_pipeline():
+    """The tiny SD pipeline with a tiny random CLIP text encoder and a byte-level tokenizer.
+
+    The tokenizer is built offline: its vocabulary is the 256 byte characters, alone and as
+    word ends, plus the two special tokens, with no merges.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=EMBED_DIM, intermediate_size=37, num_hidden_layers=1,
+        num_attention_heads=4, max_position_embeddings=16, bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+    )  # fmt: skip
+    pipe = tiny_sd_pipeline()
+    pipe.register_modules(text_encoder=CLIPTextModel(config).eval(), tokenizer=tokenizer)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    tiny_pixel_unet(sample_size=16).save_pretrained(root / "unet")
+    tiny_ddpm_pipeline(sample_size=16, learned_variance=True).save_pretrained(root / "ddpm")
+    tiny_text_pipeline().save_pretrained(root / "sd")
+    tiny_sd_pipeline().save_pretrained(root / "sd_no_text")
+    (root / "empty").mkdir()
+    (root / "a_file").write_text("x")
+    return root
+
+
+def _run(argv, capsys):
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_parse_factors_and_size():
+    assert parse_factors("2") == (2, 2)
+    assert parse_factors("3") == (3, 3)
+    assert parse_factors("2x3") == (2, 3) == parse_factors("2,3")
+    assert parse_factors("1x2") == (1, 2)
+    for bad in ("0", "x", "2x3x4", "1", "-2", "2.5"):
+        with pytest.raises(ValueError, match="--factor"):
+            parse_factors(bad)
+    assert parse_size("64") == (64, 64) and parse_size("64x96") == (64, 96)
+    with pytest.raises(ValueError, match="--size"):
+        parse_size("0")
+
+
+def test_default_sample(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, stdout, err = _run(["sample", *FAST, "--out", str(out)], capsys)
+    assert rc == 0, err
+    for name in ("grid.png", "naive-seed0.png", "ug-seed0.png", "bicubic-seed0.png"):
+        assert (out / name).is_file()
+    assert Image.open(out / "ug-seed0.png").size == (64, 64)
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["size"] == [64, 64] and result["factor"] == [2, 2] and result["cfg"] == 2.0
+    assert set(result["metrics"]) == {"naive", "UG", "bicubic", "ground truth"}
+    assert "one object" in stdout and "UG" in stdout and "Traceback" not in err
+
+
+def test_default_out_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, stdout, _ = _run(["sample", *FAST, "--seed", "3"], capsys)
+    assert rc == 0
+    made = list(tmp_path.glob("ug-samples-*"))
+    assert len(made) == 1 and (made[0] / "grid.png").is_file()
+    assert (made[0] / "ug-seed3.png").is_file()
+
+
+def test_anisotropic_factor_and_class(tmp_path, capsys):
+    out = tmp_path / "aniso"
+    argv = ["sample", *FAST, "--factor", "2x3", "--class", "triangle", "--cfg", "1", "--out"]
+    rc, _, err = _run([*argv, str(out)], capsys)
+    assert rc == 0, err
+    assert Image.open(out / "ug-seed0.png").size == (96, 64)  # (width, height)
+    assert json.loads((out / "metrics.json").read_text())["size"] == [64, 96]
+
+
+def test_model_unet_folder(tmp_path, folders, capsys):
+    out = tmp_path / "unet"
+    rc, stdout, err = _run(["sample", *FAST, "--model", str(folders / "unet"), "--out", str(out)],
+                           capsys)  # fmt: skip
+    assert rc == 0, err
+    assert Image.open(out / "naive-seed0.png").size == (32, 32)
+    assert "seconds" in stdout
+
+
+def test_model_ddpm_pipeline_folder(tmp_path, folders, capsys):
+    out = tmp_path / "ddpm"
+    argv = ["sample", *FAST, "--model", str(folders / "ddpm"), "--factor", "3", "--out", str(out)]
+    rc, _, err = _run(argv, capsys)
+    assert rc == 0, err
+    assert Image.open(out / "ug-seed0.png").size == (48, 48)
+
+
+def test_pipeline_with_prompt(tmp_path, folders, capsys):
+    out = tmp_path / "sd"
+    argv = ["sample", *FAST, "--pipeline", str(folders / "sd"), "--prompt", "a red disc"]
+    rc, stdout, err = _run([*argv, "--out", str(out)], capsys)
+    assert rc == 0, err
+    for name in ("grid.png", "naive-seed0.png", "ug-seed0.png", "bicubic-seed0.png"):
+        assert (out / name).is_file()
+    assert Image.open(out / "ug-seed0.png").size == (32, 32)  # 8x8 latents x VAE 2 x factor 2
+    assert json.loads((out / "metrics.json").read_text())["prompt"] == "a red disc"
+
+
+ERRORS = [
+    (["--bogus"], 2, "unrecognized arguments"),
+    (["--factor", "0"], 2, "--factor"),
+    (["--factor", "abc"], 2, "--factor"),
+    (["--scale", "nan"], 2, "--scale"),
+    (["--eta", "1.5"], 2, "--eta"),
+    (["--steps", "0"], 2, "--steps"),
+    (["--steps", "5000"], 2, "exceeds"),
+    (["--n", "x"], 2, "--n"),
+    (["--factor", "3", "--size", "64"], 2, "does not divide the height 64"),
+    (["--factor", "2x3", "--size", "64x64"], 2, "does not divide the width 64"),
+    (["--model", "{root}/missing"], 2, "no such file or folder"),
+    (["--model", "{root}/empty"], 2, "holds no UNet2DModel"),
+    (["--model", "{root}/a_file"], 2, "is not a folder"),
+    (["--model", "{root}/sd"], 2, "--pipeline PATH --prompt TEXT"),
+    (["--model", "{root}/unet", "--cfg", "3"], 2, "null class"),
+    (["--model", "{root}/unet", "--class", "disc"], 2, "class-conditional"),
+    (["--class", "hexagon"], 2, "not a class"),
+    (["--prompt", "a disc"], 2, "--prompt needs --pipeline"),
+    (["--pipeline", "{root}/missing", "--prompt", "x"], 2, "no such file or folder"),
+    (["--pipeline", "{root}/empty", "--prompt", "x"], 2, "no model_index.json"),
+    (["--pipeline", "{root}/sd"], 2, "--pipeline needs --prompt"),
+    (["--pipeline", "{root}/sd_no_text", "--prompt", "x"], 2, "has no text_encoder"),
+    (["--pipeline", "{root}/sd", "--prompt", "x", "--size", "40"], 2, "does not divide"),
+    (["--model", "{root}/unet", "--pipeline", "{root}/sd"], 2, "not allowed with"),
+    (["--out", "{root}/a_file"], 2, "not a folder"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "message"), ERRORS, ids=[" ".join(e[0]) for e in ERRORS])
+def test_errors(args, code, message, folders, tmp_path, capsys):
+    argv = ["sample", *FAST, *[a.format(root=folders) for a in args]]
+    if "--out" not in args:
+        argv += ["--out", str(tmp_path / "never")]
+    rc, stdout, err = _run(argv, capsys)
+    assert rc == code
+    assert message in err
+    assert "Traceback" not in err + stdout
+    assert not (tmp_path / "never").exists()  # nothing written on a failed run
+
+
+def test_no_command(capsys):
+    rc, _, err = _run([], capsys)
+    assert rc == 2 and "required" in err
+
+
+def test_errors_in_a_subprocess(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cases = [
+        (["sample", "--model", str(tmp_path / "nope")], "no such file or folder"),
+        (["sample", "--factor", "3", "--size", "64"], "does not divide"),
+    ]
+    code = "import sys; from ug_core.cli import main; sys.exit(main(sys.argv[1:]))"
+    for argv, message in cases:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env,
+            cwd=tmp_path, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout
