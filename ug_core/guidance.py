@@ -149,13 +149,15 @@ class UpsampleGuidance:
         self.schedule.check_times(times)
         return weights_at(self.scale, self.eta, self.schedule.time_fraction(times))
 
-    def low_res_time(self, t: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    def low_res_time(
+        self, t: Any, times: torch.Tensor | None = None
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """The low-resolution call's time (shaped like ``t``), its input scale and its validity.
 
         The validity is False where the matched time fell below the schedule and ``below_range``
         is ``"skip"``.
         """
-        times = as_times(t)
+        times = as_times(t) if times is None else times
         match = self.schedule.match(times, self.k, self.time_matching)
         if match.below.any() and self.below_range == "error":
             raise ValueError(
@@ -198,9 +200,10 @@ class UpsampleGuidance:
         w == 0 the model's own output is returned unchanged.
         """
         self.check_input(x, t)
-        w = self.weight(t)
+        times = as_times(t)  # the one device-to-host copy of t per call
+        w = self.weight(times)
         pred = model(x, t, *args, **kwargs)
-        return self._guide(pred, w, model, x, t, args, kwargs, low_res_inputs)
+        return self._guide(pred, w, times, model, x, t, args, kwargs, low_res_inputs)
 
     def apply(
         self,
@@ -219,12 +222,16 @@ class UpsampleGuidance:
         is then called only for the low-resolution branch. Same result as :meth:`__call__`.
         """
         self.check_input(x, t)
-        return self._guide(pred, self.weight(t), model, x, t, args, kwargs, low_res_inputs)
+        times = as_times(t)
+        return self._guide(
+            pred, self.weight(times), times, model, x, t, args, kwargs, low_res_inputs
+        )
 
     def _guide(
         self,
         pred: torch.Tensor,
         w: torch.Tensor,
+        times: torch.Tensor,
         model: Callable[..., torch.Tensor],
         x: torch.Tensor,
         t: Any,
@@ -232,7 +239,10 @@ class UpsampleGuidance:
         kwargs: dict,
         low_res_inputs: LowResInputs | None,
     ) -> torch.Tensor:
-        """The low-resolution call and the kernel, for a known prediction and weights w."""
+        """The low-resolution call and the kernel, for a known prediction, weights w and times.
+
+        ``times`` is ``t`` as a float64 CPU tensor; ``t`` itself only shapes the low call's time.
+        """
         if not isinstance(pred, torch.Tensor):
             raise TypeError(
                 f"the model must return a tensor, got {type(pred).__name__}; adapt its output "
@@ -245,7 +255,7 @@ class UpsampleGuidance:
                 f"the model's prediction has shape {tuple(pred.shape)}, but x has shape "
                 f"{tuple(x.shape)}; guidance needs a prediction shaped like its input"
             )
-        t_low, c, valid = self.low_res_time(t)
+        t_low, c, valid = self.low_res_time(t, times)
         w = torch.where(valid, w, torch.zeros_like(w))
         if not bool((w != 0).any()):
             return pred
@@ -264,7 +274,7 @@ class UpsampleGuidance:
                 f"the low-resolution call returned {getattr(pred_low, 'shape', type(pred_low))}, "
                 f"expected a tensor of shape {tuple(x_low.shape)}"
             )
-        a, s = self.schedule.coefficients(as_times(t))
+        a, s = self.schedule.coefficients(times)
         r, q = guidance_coefficients(self.prediction, a, s, c, self.k)
         guided = upsample_guidance(pred, pred_low, x_down, w, r, q, self.factors)
         if w.ndim == 0 or bool((w != 0).all()):
