@@ -323,6 +323,31 @@ def test_lora_style_weight_changes_reach_both_calls():
     assert len(seen) == len(rec.calls) == 4  # the adapted layer ran in the high and low calls
 
 
+def test_real_peft_lora_passes_through_untouched():
+    """A peft LoRA on the UNet runs in both calls, and its scale reaches both of them."""
+    from peft import LoraConfig
+
+    pipe = tiny_sd_pipeline()
+    base = pipe(**sd_call_kwargs(steps=2)).images
+    torch.manual_seed(5)
+    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                        target_modules=["to_q", "to_k", "to_v", "to_out.0"])  # fmt: skip
+    pipe.unet.add_adapter(config)
+    lora = pipe(**sd_call_kwargs(steps=2)).images
+    assert not torch.equal(lora, base)  # the LoRA changes the model
+    apply_upsample_guidance(pipe, (2, 2), 0.0)
+    assert torch.equal(pipe(**sd_call_kwargs(steps=2)).images, lora)  # scale 0: untouched
+    apply_upsample_guidance(pipe, (2, 2), 1.0)
+    guided_lora = pipe(**sd_call_kwargs(steps=2)).images
+    x, ehs = torch.randn(2, 4, 16, 16), torch.randn(2, 4, EMBED_DIM)
+    lora_off = pipe.unet(x, 500, encoder_hidden_states=ehs, cross_attention_kwargs={"scale": 0.0})
+    pipe.unet.disable_adapters()
+    assert not torch.equal(guided_lora, pipe(**sd_call_kwargs(steps=2)).images)
+    # LoRA scale 0 in cross_attention_kwargs switches it off in the high AND the low call:
+    no_lora = pipe.unet(x, 500, encoder_hidden_states=ehs)
+    torch.testing.assert_close(lora_off.sample, no_lora.sample, rtol=0, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------- errors
 
 
