@@ -19,7 +19,7 @@ forward hook (``torch.nn.Module.register_forward_*hook(..., with_kwargs=True)``)
 and touches neither its ``forward``, its class, its parameters nor its config. The pre-hook checks
 the latent size before the UNet runs; the forward hook receives the UNet's own output for the
 high-resolution call and passes it, with a callable for the low-resolution call, to
-``UpsampleGuidance.__call__``. Because the hooks live in the module's hook tables and not in
+``UpsampleGuidance.apply``. Because the hooks live in the module's hook tables and not in
 ``forward``, they compose in either order with anything that replaces ``forward`` (accelerate's
 CPU-offload and device hooks, diffusers' hook registry), they run inside ``torch.compile`` (both
 ``torch.compile(pipe.unet)`` and ``pipe.unet.compile()``), and removing them restores the UNet bit
