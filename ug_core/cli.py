@@ -36,33 +36,36 @@ class UsageError(Exception):
     """A bad command line (exit status 2)."""
 
 
-def parse_factors(text: str) -> tuple[int, int]:
-    """``"2"`` → (2, 2); ``"2x3"`` or ``"2,3"`` → (2, 3) (height, width). Raises ValueError."""
+def _pair(text: str) -> tuple[int, int] | None:
+    """``"N"`` → (N, N); ``"HxW"`` or ``"H,W"`` → (H, W); None unless positive integers."""
     parts = text.lower().replace(",", "x").split("x")
     try:
         values = tuple(int(p) for p in parts)
     except ValueError:
-        values = ()
+        return None
     if len(values) not in (1, 2) or any(v < 1 for v in values):
+        return None
+    return values if len(values) == 2 else values * 2  # type: ignore[return-value]
+
+
+def parse_factors(text: str) -> tuple[int, int]:
+    """``"2"`` → (2, 2); ``"2x3"`` or ``"2,3"`` → (2, 3) (height, width). Raises ValueError."""
+    pair = _pair(text)
+    if pair is None:
         raise ValueError(
             f"--factor must be an integer >= 1 or HxW (e.g. 2, 3, 2x3 or 2,3), got {text!r}"
         )
-    fh, fw = values if len(values) == 2 else values * 2
-    if fh == fw == 1:
+    if pair == (1, 1):
         raise ValueError(f"--factor {text!r} does not upsample: at least one factor must be > 1")
-    return fh, fw
+    return pair
 
 
 def parse_size(text: str) -> tuple[int, int]:
     """``"64"`` → (64, 64); ``"64x96"`` → (64, 96) (height, width). Raises ValueError."""
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) not in (1, 2) or any(v < 1 for v in values):
+    pair = _pair(text)
+    if pair is None:
         raise ValueError(f"--size must be a positive integer or HxW (e.g. 64, 64x96), got {text!r}")
-    return values if len(values) == 2 else values * 2  # type: ignore[return-value]
+    return pair
 
 
 def _positive_int(name: str, lo: int = 1):
