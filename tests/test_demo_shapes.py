@@ -135,3 +135,22 @@ def test_embedded_model_files():
     assert model.conditional and model.null_class == len(shapes.CLASSES)
     assert model.classes[: len(shapes.CLASSES)] == shapes.CLASSES
     assert model.prediction == "epsilon" and model.schedule.num_timesteps == 1000
+
+
+def test_training_script_runs_on_cpu_and_is_reproducible(tmp_path):
+    """The seeded training script, a few steps on the CPU: same seed, same weights."""
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file
+
+    from ug_core.demo.train import main as train_main
+
+    args = ["--steps", "3", "--batch-size", "4", "--pool", "16", "--threads", "1",
+            "--log-every", "1", "--save-every", "3", "--device", "cpu"]  # fmt: skip
+    for name in ("a", "b"):
+        assert train_main(["--out", str(tmp_path / name), *args]) == 0
+    weights = "diffusion_pytorch_model.safetensors"
+    a, b = load_file(tmp_path / "a" / weights), load_file(tmp_path / "b" / weights)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    unet = UNet2DModel.from_pretrained(tmp_path / "a")
+    assert unet.config.sample_size == 32 and unet.config.num_class_embeds == 5
+    assert (tmp_path / "a" / "scheduler_config.json").exists()

@@ -173,11 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m ug_core.demo.train --help``)."""
     p = argparse.ArgumentParser(prog="python -m ug_core.demo.train", description=__doc__)
     p.add_argument("--out", default="ug_core/assets/shapes32", help="output folder")
-    p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
+    # The defaults are the embedded model's settings (ug_core/assets/shapes32/TRAINING.md).
+    p.add_argument("--steps", type=int, default=7000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pool", type=int, default=40000, help="number of pre-rendered images")
+    p.add_argument("--pool", type=int, default=80000, help="number of pre-rendered images")
     p.add_argument("--cfg-dropout", type=float, default=0.1)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--save-every", type=int, default=250)
