@@ -61,9 +61,11 @@ which is all the residuals are (feature maps added to the UNet's skip features a
 positions); (2) it costs nothing, so the extra cost stays ~η/k of the UNet's; a second ControlNet
 run would add the ControlNet's own cost and a downsampled control image (blurred edges, depth
 maps), at the matched time τ the ControlNet never saw with that image; (3) it only touches the
-UNet call, so it works unchanged for every ControlNet variant (Multi-ControlNet, guess mode,
-ControlNet-Union, SDXL, AnimateDiff, T2I-Adapter, control_guidance_start/end) without re-creating
-each pipeline's ControlNet logic. A residual whose size the factors don't divide raises.
+UNet call, so it works unchanged for every ControlNet variant without re-creating each
+pipeline's ControlNet logic (tested: SD, SDXL, img2img, Multi-ControlNet, guess mode,
+ControlNet-Union, AnimateDiff, T2I-Adapter and MultiAdapter, control_guidance_start/end). The UNet
+consumes T2I-Adapter's residual list as it runs; the adapter keeps a copy for the low call. A
+residual whose size the factors don't divide raises.
 
 **Learned variance.** A UNet whose output has twice its input's channels (DDPM/IF with
 ``variance_type="learned_range"``) is guided on its first half (the mean prediction); the
@@ -464,11 +466,22 @@ class _Patch:
         self.handles: list[Any] = []
         self.saved: dict[str, Any] = {}
         self.low_depth = 0
+        self.residual_lists: dict[str, tuple[list, list]] = {}
 
     def pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """Check the latent size before the UNet runs (not for the low-resolution call)."""
+        """Check the latent size and keep the residual lists before the UNet runs.
+
+        Not for the low-resolution call. The UNet consumes residual lists (T2I-Adapter's are
+        popped), so the forward hook uses the copies kept here.
+        """
         if self.low_depth == 0:
-            self.engine.check_sample(self.engine.bind(module, args, kwargs).get("sample"))
+            named = self.engine.bind(module, args, kwargs)
+            self.engine.check_sample(named.get("sample"))
+            self.residual_lists = {
+                name: (value, list(value))
+                for name in _RESIDUALS
+                if isinstance(value := named.get(name), list)
+            }
 
     def controlnet_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """Check the spatial latent size before the ControlNet runs."""
@@ -487,6 +500,10 @@ class _Patch:
         if self.low_depth:
             return None
         named = self.engine.bind(module, args, kwargs)
+        kept, self.residual_lists = self.residual_lists, {}
+        for name, (original, copy) in kept.items():
+            if named.get(name) is original:  # the list this call got, as it was before the call
+                named[name] = copy
 
         def low_call(x: torch.Tensor, t: Any, **kw: Any) -> Any:
             """The low-resolution call, through the module (its hooks, offload, compile)."""
@@ -719,7 +736,10 @@ class GuidedUNet:
         """The guided UNet call: the UNet's output with the upsample-guidance term added."""
         named = self.engine.bind(_base_module(self.unet), args, kwargs)
         self.engine.check_sample(named.get("sample"))
+        # The UNet consumes residual lists (T2I-Adapter's are popped): keep them as given.
+        kept = {n: list(v) for n in _RESIDUALS if isinstance(v := named.get(n), list)}
         output = self.unet(*args, **kwargs)
+        named.update(kept)
 
         def low_call(x: torch.Tensor, t: Any, **kw: Any) -> Any:
             """The low-resolution call."""

@@ -307,7 +307,8 @@ class ForwardRecorder:
         def forward(*args, **kwargs):
             bound = signature.bind(module, *args, **kwargs)
             bound.apply_defaults()
-            named = dict(bound.arguments)
+            # Lists are copied: the UNet consumes T2I-Adapter residual lists (pop).
+            named = {k: list(v) if isinstance(v, list) else v for k, v in bound.arguments.items()}
             named.pop("self")
             out = original(*args, **kwargs)
             sample = out if isinstance(out, torch.Tensor) else out[0]

@@ -1,0 +1,258 @@
+"""The diffusers adapter on the ControlNet and T2I-Adapter variants, against Eq. 10.
+
+Each pipeline runs at 2x with UG on; inside every UNet call the low-resolution call gets the
+residuals average-pooled to its size (ControlNet: ``down_block_additional_residuals`` and
+``mid_block_additional_residual``; T2I-Adapter: ``down_intrablock_additional_residuals``), the
+ControlNet / adapter itself runs once per step, and the guided output equals Eq. 10.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers_models import (
+    ForwardRecorder,
+    OutputRecorder,
+    control_image,
+    ddim_scheduler,
+    randomize_zero_params,
+    sd_call_kwargs,
+    sdxl_call_kwargs,
+    tiny_controlnet,
+    tiny_controlnet_pipeline,
+    tiny_sdxl_pipeline,
+    tiny_unet,
+    tiny_vae,
+)
+from test_diffusers_reference import check_eq10, split_calls
+from ug_core.adapters.diffusers import apply_upsample_guidance
+
+RESIDUAL_ARGS = (
+    "down_block_additional_residuals",
+    "mid_block_additional_residual",
+    "down_intrablock_additional_residuals",
+)
+
+
+def check_pooled_residuals(high_named: dict, low_named: dict, names: tuple[str, ...]) -> None:
+    """Every residual the high call got reaches the low call 2x2 average-pooled."""
+    for name in names:
+        high, low = high_named[name], low_named[name]
+        assert high is not None and low is not None, name
+        highs = [high] if isinstance(high, torch.Tensor) else list(high)
+        lows = [low] if isinstance(low, torch.Tensor) else list(low)
+        assert len(highs) == len(lows) > 0, name
+        for r, r_low in zip(highs, lows, strict=True):
+            assert r.abs().sum() > 0, name
+            torch.testing.assert_close(r_low, F.avg_pool2d(r, 2), rtol=1e-6, atol=1e-6)
+
+
+def run_and_check(pipe, call_kwargs: dict, names: tuple[str, ...], side_module=None, steps=2):
+    """Run ``pipe`` with UG 2x on, then check every UNet call (residuals pooled, Eq. 10)."""
+    apply_upsample_guidance(pipe, (2, 2), 1.0)
+    rec, out = ForwardRecorder(pipe.unet), OutputRecorder(pipe.unet)
+    side = ForwardRecorder(side_module) if side_module is not None else None
+    result = pipe(**call_kwargs)
+    images = result.images if hasattr(result, "images") else result[0]
+    assert torch.isfinite(images).all()
+    highs, lows, guided = split_calls(rec, out, (2, 4, 16, 16))
+    assert len(highs) == len(lows) == steps
+    assert all(tuple(low[0]["sample"].shape) == (2, 4, 8, 8) for low in lows)
+    if side is not None:
+        assert len(side.calls) == steps  # the ControlNet / adapter is not run again at low res
+    for high, low, g in zip(highs, lows, guided, strict=True):
+        check_pooled_residuals(high[0], low[0], names)
+        check_eq10(high, low, g, pipe.scheduler.alphas_cumprod, (2, 2), 1.0)
+    return highs, lows
+
+
+def test_sdxl_controlnet():
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+
+    base = tiny_sdxl_pipeline()
+    torch.manual_seed(3)
+    controlnet = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(8, 8))
+    randomize_zero_params(controlnet.eval(), 3)
+    pipe = StableDiffusionXLControlNetPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        text_encoder_2=None,
+        tokenizer=None,
+        tokenizer_2=None,
+        unet=base.unet,
+        controlnet=controlnet,
+        scheduler=base.scheduler,
+        add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    highs, lows = run_and_check(
+        pipe,
+        dict(image=control_image(32, 32), **sdxl_call_kwargs(steps=2)),
+        RESIDUAL_ARGS[:2],
+        side_module=pipe.controlnet,
+    )
+    # The default micro-conditioning describes the low-resolution image (half the size).
+    for high, low in zip(highs, lows, strict=True):
+        ids, low_ids = (
+            high[0]["added_cond_kwargs"]["time_ids"],
+            low[0]["added_cond_kwargs"]["time_ids"],
+        )
+        assert torch.equal(low_ids[:, [0, 1, 4, 5]], ids[:, [0, 1, 4, 5]] / 2)
+
+
+def test_multi_controlnet_and_guess_mode():
+    """Two ControlNets (MultiControlNetModel): summed residuals are pooled, in guess mode too."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    single = tiny_controlnet_pipeline()
+    nets = [single.controlnet, tiny_controlnet(single.unet, seed=5)]
+    pipe = StableDiffusionControlNetPipeline(
+        vae=single.vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=single.unet,
+        controlnet=nets,
+        scheduler=single.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe.controlnet).__name__ == "MultiControlNetModel"
+    images = [control_image(32, 32, seed=0), control_image(32, 32, seed=1)]
+    run_and_check(
+        pipe,
+        dict(image=images, **sd_call_kwargs(steps=2)),
+        RESIDUAL_ARGS[:2],
+        side_module=pipe.controlnet,
+    )
+    # Guess mode: the ControlNets see only the conditional half; the unconditional half's
+    # residuals are zeros. Both halves go through one low call with pooled residuals.
+    highs, _ = run_and_check(
+        pipe,
+        dict(image=images, guess_mode=True, **sd_call_kwargs(steps=2)),
+        RESIDUAL_ARGS[:2],
+    )
+    for r in highs[0][0]["down_block_additional_residuals"]:
+        assert torch.equal(r[0], torch.zeros_like(r[0])) and r[1].abs().sum() > 0
+
+
+def test_controlnet_img2img():
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    single = tiny_controlnet_pipeline()
+    pipe = StableDiffusionControlNetImg2ImgPipeline(**single.components)
+    pipe.set_progress_bar_config(disable=True)
+    init = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    kwargs = sd_call_kwargs(steps=4)
+    run_and_check(
+        pipe,
+        dict(image=init, control_image=control_image(32, 32), strength=0.5, **kwargs),
+        RESIDUAL_ARGS[:2],
+        side_module=pipe.controlnet,
+        steps=2,  # strength 0.5 of 4 steps
+    )
+
+
+def test_controlnet_guidance_window():
+    """control_guidance_start/end: outside the window the ControlNet residuals are zeroed by the
+    pipeline's conditioning scale; UG still matches Eq. 10 at every step."""
+    pipe = tiny_controlnet_pipeline()
+    run_and_check(
+        pipe,
+        dict(
+            image=control_image(32, 32),
+            control_guidance_start=0.0,
+            control_guidance_end=0.5,
+            **sd_call_kwargs(steps=2),
+        ),
+        (),
+        steps=2,
+    )
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["adapter", "multi-adapter"])
+def test_t2i_adapter(multi):
+    """T2I-Adapter residuals (consumed from a list by the UNet) reach the low call pooled."""
+    from diffusers import MultiAdapter, StableDiffusionAdapterPipeline, T2IAdapter
+
+    def adapter(seed: int) -> T2IAdapter:
+        torch.manual_seed(seed)
+        net = T2IAdapter(
+            in_channels=3, channels=[16, 32], num_res_blocks=1, downscale_factor=2
+        ).eval()
+        randomize_zero_params(net, seed)
+        return net
+
+    unet = tiny_unet()
+    net = MultiAdapter([adapter(4), adapter(5)]) if multi else adapter(4)
+    pipe = StableDiffusionAdapterPipeline(
+        vae=tiny_vae(),
+        text_encoder=None,
+        tokenizer=None,
+        unet=unet,
+        adapter=net,
+        scheduler=ddim_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    if multi:  # MultiAdapter takes one weight per adapter
+        image = [control_image(32, 32, seed=0), control_image(32, 32, seed=1)]
+        extra = dict(image=image, adapter_conditioning_scale=[1.0, 0.5])
+    else:
+        extra = dict(image=control_image(32, 32))
+    run_and_check(pipe, dict(**extra, **sd_call_kwargs(steps=2)), RESIDUAL_ARGS[2:])
+
+
+def test_guided_unet_keeps_t2i_adapter_residual_lists():
+    """The bare-UNet wrapper: the list the UNet consumes still reaches the low call, pooled."""
+    from ug_core.adapters.diffusers import guided_unet
+
+    unet = tiny_unet()
+    guided = guided_unet(unet, ddim_scheduler(), (2, 2), 1.0)
+    gen = torch.Generator().manual_seed(0)
+    x, embeds = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 4, 32, generator=gen)
+    residuals = [torch.randn(2, 16, 16, 16, generator=gen), torch.randn(2, 32, 8, 8, generator=gen)]
+    rec = ForwardRecorder(unet)
+    guided(
+        x, 500, encoder_hidden_states=embeds, down_intrablock_additional_residuals=list(residuals)
+    )
+    (high, _), (low, _) = rec.calls
+    assert len(high["down_intrablock_additional_residuals"]) == 2
+    check_pooled_residuals(high, low, RESIDUAL_ARGS[2:])
+
+
+def test_sdxl_controlnet_union():
+    from diffusers import ControlNetUnionModel, StableDiffusionXLControlNetUnionPipeline
+
+    base = tiny_sdxl_pipeline()
+    torch.manual_seed(3)
+    config = ControlNetUnionModel.from_unet(
+        base.unet, conditioning_embedding_out_channels=(8, 8)
+    ).config  # its control-type transformer is 320 wide whatever the UNet: shrink it
+    widths = dict(num_trans_channel=16, num_proj_channel=16, num_trans_head=2)
+    config = {k: v for k, v in config.items() if k != "_use_default_values"}
+    controlnet = ControlNetUnionModel.from_config({**config, **widths}).eval()
+    randomize_zero_params(controlnet, 3)
+    pipe = StableDiffusionXLControlNetUnionPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        text_encoder_2=None,
+        tokenizer=None,
+        tokenizer_2=None,
+        unet=base.unet,
+        controlnet=controlnet,
+        scheduler=base.scheduler,
+        add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    run_and_check(
+        pipe,
+        dict(control_image=[control_image(32, 32)], control_mode=[1], **sdxl_call_kwargs(steps=2)),
+        RESIDUAL_ARGS[:2],
+        side_module=pipe.controlnet,
+    )
