@@ -71,11 +71,11 @@ def _alphas_cumprod() -> torch.Tensor:
 
 def train(
     out: str | Path,
-    steps: int = 6000,
-    batch_size: int = 32,
-    lr: float = 3e-4,
+    steps: int = 5500,
+    batch_size: int = 128,
+    lr: float = 5e-4,
     seed: int = 0,
-    pool: int = 40000,
+    pool: int = 80000,
     cfg_dropout: float = 0.1,
     ema_decay: float = 0.999,
     warmup: int = 200,
@@ -84,7 +84,10 @@ def train(
     log_every: int = 50,
     device: str = "cpu",
 ) -> dict:
-    """Train and save the model into ``out``; returns a summary (steps, loss, seconds)."""
+    """Train and save the model into ``out``; returns a summary (steps, loss, seconds).
+
+    The defaults are the embedded model's settings (``ug_core/assets/shapes32/TRAINING.md``).
+    """
     from diffusers import DDPMScheduler
 
     torch.set_num_threads(threads)
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ug_core.demo.train", description=__doc__)
     p.add_argument("--out", default="ug_core/assets/shapes32", help="output folder")
     # The defaults are the embedded model's settings (ug_core/assets/shapes32/TRAINING.md).
-    p.add_argument("--steps", type=int, default=7000)
+    p.add_argument("--steps", type=int, default=5500)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
