@@ -67,14 +67,9 @@ def run_and_check(pipe, call_kwargs: dict, names: tuple[str, ...], side_module=N
     return highs, lows
 
 
-def test_sdxl_controlnet():
-    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
-
-    base = tiny_sdxl_pipeline()
-    torch.manual_seed(3)
-    controlnet = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(8, 8))
-    randomize_zero_params(controlnet.eval(), 3)
-    pipe = StableDiffusionXLControlNetPipeline(
+def sdxl_controlnet_pipeline(cls, base, controlnet):
+    """An SDXL ControlNet pipeline of class ``cls`` from a tiny SDXL pipeline and a ControlNet."""
+    pipe = cls(
         vae=base.vae,
         text_encoder=None,
         text_encoder_2=None,
@@ -86,6 +81,17 @@ def test_sdxl_controlnet():
         add_watermarker=False,
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_sdxl_controlnet():
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+
+    base = tiny_sdxl_pipeline()
+    torch.manual_seed(3)
+    controlnet = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(8, 8))
+    randomize_zero_params(controlnet.eval(), 3)
+    pipe = sdxl_controlnet_pipeline(StableDiffusionXLControlNetPipeline, base, controlnet)
     highs, lows = run_and_check(
         pipe,
         dict(image=control_image(32, 32), **sdxl_call_kwargs(steps=2)),
@@ -238,18 +244,7 @@ def test_sdxl_controlnet_union():
     config = {k: v for k, v in config.items() if k != "_use_default_values"}
     controlnet = ControlNetUnionModel.from_config({**config, **widths}).eval()
     randomize_zero_params(controlnet, 3)
-    pipe = StableDiffusionXLControlNetUnionPipeline(
-        vae=base.vae,
-        text_encoder=None,
-        text_encoder_2=None,
-        tokenizer=None,
-        tokenizer_2=None,
-        unet=base.unet,
-        controlnet=controlnet,
-        scheduler=base.scheduler,
-        add_watermarker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = sdxl_controlnet_pipeline(StableDiffusionXLControlNetUnionPipeline, base, controlnet)
     run_and_check(
         pipe,
         dict(control_image=[control_image(32, 32)], control_mode=[1], **sdxl_call_kwargs(steps=2)),
