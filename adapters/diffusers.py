@@ -69,8 +69,16 @@ residual whose size the factors don't divide raises.
 
 **Learned variance.** A UNet whose output has twice its input's channels (DDPM/IF with
 ``variance_type="learned_range"``) is guided on its first half (the mean prediction); the
-variance channels of the high-resolution call are kept as they are. UNets whose input holds
-conditioning channels (inpainting: 9 in, 4 out) raise a ValueError.
+variance channels of the high-resolution call are kept as they are.
+
+**Conditioning channels.** A UNet with more input than output channels (inpainting: 9 in, 4 out;
+InstructPix2Pix: 8 in, 4 out) gets, as diffusers' pipelines build it, the noisy latent in its
+first ``out_channels`` input channels and clean conditioning after it (mask, masked-image or
+image latents). Only the noisy part is guided: the low-resolution call's input is the scaled
+``D[x]`` of Eq. 10 followed by the conditioning channels block-averaged by the same factors and
+not scaled (they carry no noise). As with ControlNet residuals, the pooled conditioning is aligned
+with the low-resolution input block for block; a block-averaged mask is fractional on the mask's
+edge, where the model was trained on binary masks.
 
 **LoRA and IP-Adapter** need nothing: both live inside the UNet (adapted layers, attention
 processors) or in arguments that describe the whole image (``cross_attention_kwargs``,
@@ -283,13 +291,17 @@ class _Engine:
             )
         config = getattr(unet, "config", None)
         c_in, c_out = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
-        if c_in is not None and c_out is not None and c_out not in (c_in, 2 * c_in):
-            raise ValueError(
-                f"{type(unet).__name__} has in_channels={c_in} and out_channels={c_out}: its input "
-                "holds conditioning channels (e.g. an inpainting UNet), which upsample guidance "
-                "cannot downsample as noise; supported: out_channels equal to in_channels, or "
-                "twice it (learned variance)"
-            )
+        #: Input channels that hold the noisy sample (the rest are clean conditioning channels).
+        self.noisy_channels: int | None = None
+        if isinstance(c_in, int) and isinstance(c_out, int) and c_out not in (c_in, 2 * c_in):
+            if not 0 < c_out < c_in:
+                raise ValueError(
+                    f"{type(unet).__name__} has in_channels={c_in} and out_channels={c_out}: "
+                    "supported are out_channels equal to in_channels, twice it (learned "
+                    "variance), or fewer (the first out_channels input channels are the noisy "
+                    "sample, the rest conditioning, as in inpainting UNets)"
+                )
+            self.noisy_channels = c_out
         self.signature = inspect.signature(type(unet).forward)
         self.scheduler = scheduler
         self.options = dict(scale=scale, eta=eta, time_matching=time_matching)
@@ -438,6 +450,10 @@ class _Engine:
         factors = self.sample_factors(x)
         guide = self.guidance(factors)
         high = _output_sample(output)
+        condition = None
+        if self.noisy_channels is not None and x.shape[1] > self.noisy_channels:
+            # Inpainting-style input: [noisy sample, mask, masked image, ...] on the channel axis.
+            x, condition = x[:, : self.noisy_channels], x[:, self.noisy_channels :]
         channels = x.shape[1]
         variance = None
         if high.ndim == x.ndim and high.shape[1] == 2 * channels:
@@ -445,6 +461,8 @@ class _Engine:
 
         def model(x_in: torch.Tensor, t_in: Any, **kwargs: Any) -> torch.Tensor:
             """The UNet's low-resolution call as the core sees it: a tensor prediction."""
+            if condition is not None:  # clean conditioning channels: block-averaged, not scaled
+                x_in = torch.cat([x_in, downsample(condition, factors).to(x_in.dtype)], dim=1)
             low = _output_sample(low_call(x_in, t_in, **kwargs))
             return low[:, :channels] if variance is not None else low
 

@@ -398,8 +398,8 @@ def test_error_unsupported_unet_and_schedulers():
     from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
     pipe = tiny_sd_pipeline()
-    pipe.unet = tiny_unet(in_channels=9)  # an inpainting-style UNet
-    with pytest.raises(ValueError, match="in_channels=9 and out_channels=4"):
+    pipe.unet = tiny_unet(in_channels=4, out_channels=6)  # neither variance nor conditioning
+    with pytest.raises(ValueError, match="in_channels=4 and out_channels=6"):
         apply_upsample_guidance(pipe)
     pipe = tiny_sd_pipeline(scheduler=FlowMatchEulerDiscreteScheduler())
     with pytest.raises(TypeError, match="FlowMatchEulerDiscreteScheduler has no alphas_cumprod"):

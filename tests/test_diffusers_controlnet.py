@@ -251,3 +251,73 @@ def test_sdxl_controlnet_union():
         RESIDUAL_ARGS[:2],
         side_module=pipe.controlnet,
     )
+
+
+def check_conditioning_channels(pipe, call_kwargs: dict, batch: int, noisy: int = 4) -> None:
+    """UG 2x on a UNet whose input is [noisy latent, clean conditioning]: Eq. 10 on the noisy
+    channels; the low call gets the conditioning channels 2x2 average-pooled and unscaled."""
+    apply_upsample_guidance(pipe, (2, 2), 1.0)
+    rec, out = ForwardRecorder(pipe.unet), OutputRecorder(pipe.unet)
+    result = pipe(**call_kwargs).images
+    assert torch.isfinite(result).all()
+    channels = pipe.unet.config.in_channels
+    highs, lows, guided = split_calls(rec, out, (batch, channels, 16, 16))
+    assert len(highs) == len(lows) == 2 and len(guided) == 2
+    for (named, eps), (low_named, eps_low), g in zip(highs, lows, guided, strict=True):
+        x, low_x = named["sample"], low_named["sample"]
+        assert low_x.shape == (batch, channels, 8, 8)
+        condition = x[:, noisy:]
+        assert condition.abs().sum() > 0
+        torch.testing.assert_close(low_x[:, noisy:], F.avg_pool2d(condition, 2))
+        # Eq. 10 on the noisy channels (the sample check inside uses only those).
+        high = ({**named, "sample": x[:, :noisy]}, eps)
+        low = ({**low_named, "sample": low_x[:, :noisy]}, eps_low)
+        check_eq10(high, low, g, pipe.scheduler.alphas_cumprod, (2, 2), 1.0)
+
+
+def test_inpainting_unet():
+    """StableDiffusionInpaintPipeline with a 9-channel UNet (latent, mask, masked image)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    sd = tiny_controlnet_pipeline()
+    pipe = StableDiffusionInpaintPipeline(
+        vae=sd.vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=tiny_unet(in_channels=9),
+        scheduler=sd.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(8)
+    image = torch.rand(1, 3, 32, 32, generator=gen)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 4:20] = 1
+    kwargs = dict(image=image, mask_image=mask, strength=1.0, **sd_call_kwargs(steps=2))
+    check_conditioning_channels(pipe, kwargs, batch=2)
+
+
+def test_instruct_pix2pix_unet():
+    """InstructPix2Pix (8-channel UNet: latent, image latents; CFG triples the batch)."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    sd = tiny_controlnet_pipeline()
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=sd.vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=tiny_unet(in_channels=8),
+        scheduler=sd.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    kwargs = sd_call_kwargs(steps=2)
+    kwargs.pop("height"), kwargs.pop("width")
+    check_conditioning_channels(pipe, dict(image=image, **kwargs), batch=3)
