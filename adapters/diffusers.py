@@ -69,7 +69,9 @@ residual whose size the factors don't divide raises.
 
 **Learned variance.** A UNet whose output has twice its input's channels (DDPM/IF with
 ``variance_type="learned_range"``) is guided on its first half (the mean prediction); the
-variance channels of the high-resolution call are kept as they are.
+variance channels of the high-resolution call are kept as they are. With a learned-variance
+scheduler and as many output as input channels (DeepFloyd IF super-resolution: 3 noisy + 3
+image channels in, 3 mean + 3 variance out), the input's second half is conditioning (below).
 
 **Conditioning channels.** A UNet with more input than output channels (inpainting: 9 in, 4 out;
 InstructPix2Pix: 8 in, 4 out) gets, as diffusers' pipelines build it, the noisy latent in its
@@ -268,6 +270,27 @@ def _low_time_ids(time_ids: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
     return low
 
 
+def _noisy_channels(name: str, c_in: int, c_out: int, learned_variance: bool) -> int:
+    """How many leading input channels hold the noisy sample (the rest are clean conditioning).
+
+    ``c_out == 2 c_in``: learned variance, all noisy. ``c_out == c_in``: all noisy, except with a
+    learned-variance scheduler, where the output is [mean, variance] of half the channels and
+    the input [noisy, conditioning] (DeepFloyd IF super-resolution). ``c_out < c_in``: the first
+    ``c_out`` (inpainting, InstructPix2Pix).
+    """
+    if c_out == 2 * c_in:
+        return c_in
+    if c_out == c_in:
+        return c_in // 2 if learned_variance and c_in % 2 == 0 else c_in
+    if 0 < c_out < c_in:
+        return c_out
+    raise ValueError(
+        f"{name} has in_channels={c_in} and out_channels={c_out}: supported are out_channels "
+        "equal to in_channels, twice it (learned variance), or fewer (the first out_channels "
+        "input channels are the noisy sample, the rest conditioning, as in inpainting UNets)"
+    )
+
+
 class _Engine:
     """What the hooks and :class:`GuidedUNet` share: options, checks and the guided call."""
 
@@ -291,17 +314,8 @@ class _Engine:
             )
         config = getattr(unet, "config", None)
         c_in, c_out = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
-        #: Input channels that hold the noisy sample (the rest are clean conditioning channels).
-        self.noisy_channels: int | None = None
-        if isinstance(c_in, int) and isinstance(c_out, int) and c_out not in (c_in, 2 * c_in):
-            if not 0 < c_out < c_in:
-                raise ValueError(
-                    f"{type(unet).__name__} has in_channels={c_in} and out_channels={c_out}: "
-                    "supported are out_channels equal to in_channels, twice it (learned "
-                    "variance), or fewer (the first out_channels input channels are the noisy "
-                    "sample, the rest conditioning, as in inpainting UNets)"
-                )
-            self.noisy_channels = c_out
+        if isinstance(c_in, int) and isinstance(c_out, int):
+            _noisy_channels(type(unet).__name__, c_in, c_out, learned_variance=False)
         self.signature = inspect.signature(type(unet).forward)
         self.scheduler = scheduler
         self.options = dict(scale=scale, eta=eta, time_matching=time_matching)
@@ -451,9 +465,14 @@ class _Engine:
         guide = self.guidance(factors)
         high = _output_sample(output)
         condition = None
-        if self.noisy_channels is not None and x.shape[1] > self.noisy_channels:
-            # Inpainting-style input: [noisy sample, mask, masked image, ...] on the channel axis.
-            x, condition = x[:, : self.noisy_channels], x[:, self.noisy_channels :]
+        if high.ndim == x.ndim:
+            learned = getattr(getattr(self.scheduler(), "config", None), "variance_type", None)
+            noisy = _noisy_channels(
+                "the UNet", x.shape[1], high.shape[1], learned in ("learned", "learned_range")
+            )
+            if noisy < x.shape[1]:
+                # Input [noisy sample, mask, masked image, ...] on the channel axis.
+                x, condition = x[:, :noisy], x[:, noisy:]
         channels = x.shape[1]
         variance = None
         if high.ndim == x.ndim and high.shape[1] == 2 * channels:

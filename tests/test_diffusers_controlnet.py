@@ -268,7 +268,8 @@ def check_conditioning_channels(pipe, call_kwargs: dict, batch: int, noisy: int 
         assert low_x.shape == (batch, channels, 8, 8)
         condition = x[:, noisy:]
         assert condition.abs().sum() > 0
-        torch.testing.assert_close(low_x[:, noisy:], F.avg_pool2d(condition, 2))
+        pooled = F.avg_pool2d(condition, 2)
+        torch.testing.assert_close(low_x[:, noisy:], pooled, rtol=1e-6, atol=1e-6)
         # Eq. 10 on the noisy channels (the sample check inside uses only those).
         high = ({**named, "sample": x[:, :noisy]}, eps)
         low = ({**low_named, "sample": low_x[:, :noisy]}, eps_low)
@@ -321,3 +322,47 @@ def test_instruct_pix2pix_unet():
     kwargs = sd_call_kwargs(steps=2)
     kwargs.pop("height"), kwargs.pop("width")
     check_conditioning_channels(pipe, dict(image=image, **kwargs), batch=3)
+
+
+def test_super_resolution_unet_with_learned_variance():
+    """DeepFloyd IF super-resolution layout: [noisy, image] in, [mean, variance] out (6 and 6),
+    with a learned-variance scheduler: the noisy half is guided, the image half pooled, the
+    variance kept."""
+    import math
+
+    from diffusers import DDPMScheduler, UNet2DModel
+    from ug_core.adapters.diffusers import guided_unet
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=6,
+        out_channels=6,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    ).eval()
+    scheduler = DDPMScheduler(variance_type="learned_range")
+    guided = guided_unet(unet, scheduler, (2, 2), 1.0)
+    x = torch.randn(2, 6, 16, 16, generator=torch.Generator().manual_seed(1))
+    rec = ForwardRecorder(unet)
+    g = guided(x, 400).sample
+    (_, raw), (low_named, raw_low) = rec.calls
+    a = float(scheduler.alphas_cumprod[400])
+    expected_in = F.avg_pool2d(x[:, :3], 2) / math.sqrt(a + (1 - a) / 4)
+    torch.testing.assert_close(low_named["sample"][:, :3], expected_in, rtol=1e-6, atol=1e-6)
+    pooled = F.avg_pool2d(x[:, 3:], 2)  # not scaled: the image half carries no noise
+    torch.testing.assert_close(low_named["sample"][:, 3:], pooled, rtol=1e-6, atol=1e-6)
+    up = F.interpolate(raw_low[:, :3] / 2 - F.avg_pool2d(raw[:, :3], 2), scale_factor=2)
+    torch.testing.assert_close(g[:, :3], raw[:, :3] + up, rtol=1e-5, atol=1e-5)
+    assert torch.equal(g[:, 3:], raw[:, 3:])
+    # The same UNet with a fixed-variance scheduler: all six channels are the noisy sample.
+    rec.close()
+    rec = ForwardRecorder(unet)
+    guided_unet(unet, DDPMScheduler(), (2, 2), 1.0)(x, 400)
+    assert rec.calls[1][0]["sample"].shape == (2, 6, 8, 8)
+    torch.testing.assert_close(
+        rec.calls[1][0]["sample"], F.avg_pool2d(x, 2) / math.sqrt(a + (1 - a) / 4)
+    )
