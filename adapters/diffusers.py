@@ -74,13 +74,13 @@ scheduler and as many output as input channels (DeepFloyd IF super-resolution: 3
 image channels in, 3 mean + 3 variance out), the input's second half is conditioning (below).
 
 **Conditioning channels.** A UNet with more input than output channels (inpainting: 9 in, 4 out;
-InstructPix2Pix: 8 in, 4 out) gets, as diffusers' pipelines build it, the noisy latent in its
-first ``out_channels`` input channels and clean conditioning after it (mask, masked-image or
-image latents). Only the noisy part is guided: the low-resolution call's input is the scaled
-``D[x]`` of Eq. 10 followed by the conditioning channels block-averaged by the same factors and
-not scaled (they carry no noise). As with ControlNet residuals, the pooled conditioning is aligned
-with the low-resolution input block for block; a block-averaged mask is fractional on the mask's
-edge, where the model was trained on binary masks.
+InstructPix2Pix: 8 in, 4 out; SD x4 upscaler: 7 in, 4 out) gets, as diffusers' pipelines build it,
+the noisy latent in its first ``out_channels`` input channels and clean conditioning after it (mask,
+masked-image or image latents). Only the noisy part is guided: the low-resolution call's input is
+the scaled ``D[x]`` of Eq. 10 followed by the conditioning channels block-averaged by the same
+factors and not scaled (they carry no noise). As with ControlNet residuals, the pooled conditioning
+is aligned with the low-resolution input block for block; a block-averaged mask is fractional on the
+mask's edge, where the model was trained on binary masks.
 
 **LoRA and IP-Adapter** need nothing: both live inside the UNet (adapted layers, attention
 processors) or in arguments that describe the whole image (``cross_attention_kwargs``,

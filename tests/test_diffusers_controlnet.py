@@ -274,6 +274,7 @@ def check_conditioning_channels(pipe, call_kwargs: dict, batch: int, noisy: int 
         high = ({**named, "sample": x[:, :noisy]}, eps)
         low = ({**low_named, "sample": low_x[:, :noisy]}, eps_low)
         check_eq10(high, low, g, pipe.scheduler.alphas_cumprod, (2, 2), 1.0)
+    return highs, lows
 
 
 def test_inpainting_unet():
@@ -366,3 +367,32 @@ def test_super_resolution_unet_with_learned_variance():
     torch.testing.assert_close(
         rec.calls[1][0]["sample"], F.avg_pool2d(x, 2) / math.sqrt(a + (1 - a) / 4)
     )
+
+
+def test_sd_x4_upscaler_unet():
+    """StableDiffusionUpscalePipeline: 7-channel UNet (latent, noisy low-res image), noise level
+    as class label; the image channels are pooled for the low call, the label passed as is."""
+    from diffusers import DDPMScheduler, StableDiffusionUpscalePipeline
+
+    sd = tiny_controlnet_pipeline()
+    sd.vae.register_to_config(scaling_factor=0.08333)
+    pipe = StableDiffusionUpscalePipeline(
+        vae=sd.vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=tiny_unet(in_channels=7, num_class_embeds=1000),
+        low_res_scheduler=DDPMScheduler(),
+        scheduler=sd.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(10))
+    kwargs = sd_call_kwargs(steps=2)
+    kwargs.pop("height"), kwargs.pop("width")
+    call = dict(image=image, noise_level=20, **kwargs)
+    highs, lows = check_conditioning_channels(pipe, call, batch=2)
+    for high, low in zip(highs, lows, strict=True):
+        assert torch.equal(low[0]["class_labels"], high[0]["class_labels"])
+        assert high[0]["class_labels"].tolist() == [20, 20]
