@@ -92,16 +92,23 @@ def tiny_sd_pipeline(scheduler=None, prediction_type: str = "epsilon", seed: int
     from diffusers import StableDiffusionPipeline
 
     scheduler = scheduler or ddim_scheduler(prediction_type=prediction_type)
-    pipe = StableDiffusionPipeline(
+    return sd_family_pipeline(StableDiffusionPipeline, tiny_unet(seed), scheduler=scheduler)
+
+
+def sd_family_pipeline(cls, unet, scheduler=None, **components):
+    """A Stable Diffusion-family pipeline of class ``cls`` around ``unet`` and ``components``:
+    a tiny VAE, SD's DDIM scheduler unless given, no text encoder or safety checker."""
+    pipe = cls(
         vae=tiny_vae(),
         text_encoder=None,
         tokenizer=None,
-        unet=tiny_unet(seed),
-        scheduler=scheduler,
+        unet=unet,
+        scheduler=scheduler or ddim_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         image_encoder=None,
         requires_safety_checker=False,
+        **components,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -229,20 +236,8 @@ def tiny_controlnet_pipeline(seed: int = 0):
     from diffusers import StableDiffusionControlNetPipeline
 
     unet = tiny_unet(seed)
-    pipe = StableDiffusionControlNetPipeline(
-        vae=tiny_vae(),
-        text_encoder=None,
-        tokenizer=None,
-        unet=unet,
-        controlnet=tiny_controlnet(unet),
-        scheduler=ddim_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    controlnet = tiny_controlnet(unet)
+    return sd_family_pipeline(StableDiffusionControlNetPipeline, unet, controlnet=controlnet)
 
 
 def control_image(height: int = 32, width: int = 32, seed: int = 0) -> torch.Tensor:

@@ -18,6 +18,7 @@ from diffusers_models import (
     ddim_scheduler,
     randomize_zero_params,
     sd_call_kwargs,
+    sd_family_pipeline,
     sdxl_call_kwargs,
     tiny_controlnet,
     tiny_controlnet_pipeline,
@@ -111,21 +112,9 @@ def test_multi_controlnet_and_guess_mode():
     """Two ControlNets (MultiControlNetModel): summed residuals are pooled, in guess mode too."""
     from diffusers import StableDiffusionControlNetPipeline
 
-    single = tiny_controlnet_pipeline()
-    nets = [single.controlnet, tiny_controlnet(single.unet, seed=5)]
-    pipe = StableDiffusionControlNetPipeline(
-        vae=single.vae,
-        text_encoder=None,
-        tokenizer=None,
-        unet=single.unet,
-        controlnet=nets,
-        scheduler=single.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    unet = tiny_unet()
+    nets = [tiny_controlnet(unet), tiny_controlnet(unet, seed=5)]
+    pipe = sd_family_pipeline(StableDiffusionControlNetPipeline, unet, controlnet=nets)
     assert type(pipe.controlnet).__name__ == "MultiControlNetModel"
     images = [control_image(32, 32, seed=0), control_image(32, 32, seed=1)]
     run_and_check(
@@ -281,19 +270,7 @@ def test_inpainting_unet():
     """StableDiffusionInpaintPipeline with a 9-channel UNet (latent, mask, masked image)."""
     from diffusers import StableDiffusionInpaintPipeline
 
-    sd = tiny_controlnet_pipeline()
-    pipe = StableDiffusionInpaintPipeline(
-        vae=sd.vae,
-        text_encoder=None,
-        tokenizer=None,
-        unet=tiny_unet(in_channels=9),
-        scheduler=sd.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = sd_family_pipeline(StableDiffusionInpaintPipeline, tiny_unet(in_channels=9))
     gen = torch.Generator().manual_seed(8)
     image = torch.rand(1, 3, 32, 32, generator=gen)
     mask = torch.zeros(1, 1, 32, 32)
@@ -306,19 +283,7 @@ def test_instruct_pix2pix_unet():
     """InstructPix2Pix (8-channel UNet: latent, image latents; CFG triples the batch)."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    sd = tiny_controlnet_pipeline()
-    pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=sd.vae,
-        text_encoder=None,
-        tokenizer=None,
-        unet=tiny_unet(in_channels=8),
-        scheduler=sd.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = sd_family_pipeline(StableDiffusionInstructPix2PixPipeline, tiny_unet(in_channels=8))
     image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(9))
     kwargs = sd_call_kwargs(steps=2)
     kwargs.pop("height"), kwargs.pop("width")
