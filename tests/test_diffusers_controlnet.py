@@ -1,9 +1,14 @@
-"""The diffusers adapter on the ControlNet and T2I-Adapter variants, against Eq. 10.
+"""The diffusers adapter on conditioned pipelines, against Eq. 10.
 
-Each pipeline runs at 2x with UG on; inside every UNet call the low-resolution call gets the
-residuals average-pooled to its size (ControlNet: ``down_block_additional_residuals`` and
-``mid_block_additional_residual``; T2I-Adapter: ``down_intrablock_additional_residuals``), the
-ControlNet / adapter itself runs once per step, and the guided output equals Eq. 10.
+ControlNet and T2I-Adapter variants: each pipeline runs at 2x with UG on; inside every UNet call
+the low-resolution call gets the residuals average-pooled to its size (ControlNet:
+``down_block_additional_residuals`` and ``mid_block_additional_residual``; T2I-Adapter:
+``down_intrablock_additional_residuals``), the ControlNet / adapter itself runs once per step,
+and the guided output equals Eq. 10.
+
+UNets with conditioning input channels (inpainting, InstructPix2Pix, the x4 upscaler, IF
+super-resolution): the noisy channels follow Eq. 10, the conditioning channels reach the low call
+average-pooled and unscaled.
 """
 
 from __future__ import annotations
