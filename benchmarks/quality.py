@@ -72,9 +72,28 @@ def lanczos(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(out).clamp(-1, 1)
 
 
+def _row(measured: tuple, ref_areas: np.ndarray, ref_feats: np.ndarray, seconds: float) -> dict:
+    """One method's metrics from ``measure``'s (counts, areas, features) against a reference."""
+    from ug_core.demo import metrics
+
+    counts, areas, feats = measured
+    return {
+        "one_object": float((counts == 1).mean()),
+        "mean_objects": float(counts.mean()),
+        "mean_area": float(areas.mean()),
+        "size_w1": metrics.size_distance(areas, ref_areas),
+        "frechet": metrics.frechet_distance(feats, ref_feats),
+        **{
+            f"frechet_{g}": metrics.frechet_distance(feats[:, cols], ref_feats[:, cols])
+            for g, cols in metrics.FEATURE_GROUPS.items()
+        },
+        "seconds": round(seconds, 2),
+    }
+
+
 def run_factor(model, factor: int, args, pool) -> dict:
     """All methods at one factor; returns {method: metrics}."""
-    from ug_core.demo import metrics, shapes
+    from ug_core.demo import shapes
     from ug_core.demo.model import default_labels, generate, initial_noise, low_res_noise, sdedit
 
     n, steps = args.n, args.steps
@@ -132,37 +151,16 @@ def run_factor(model, factor: int, args, pool) -> dict:
             ),
         )  # fmt: skip
         seconds[f"HiRes.fix s={s:g}"] += seconds["trained size + bicubic"]
-    rows = {}
-    for name, images in samples.items():
-        counts, areas, feats = measure(images, pool)
-        rows[name] = {
-            "one_object": float((counts == 1).mean()),
-            "mean_objects": float(counts.mean()),
-            "mean_area": float(areas.mean()),
-            "size_w1": metrics.size_distance(areas, ref_areas),
-            "frechet": metrics.frechet_distance(feats, ref_feats),
-            **{
-                f"frechet_{g}": metrics.frechet_distance(feats[:, cols], ref_feats[:, cols])
-                for g, cols in metrics.FEATURE_GROUPS.items()
-            },
-            "seconds": round(seconds[name], 2),
-        }
+    rows = {
+        name: _row(measure(images, pool), ref_areas, ref_feats, seconds[name])
+        for name, images in samples.items()
+    }
     # The trained-size samples themselves, against ground truth at 32×32 (context).
     truth32 = shapes.render(shapes.sample_params(args.n_ref, 10**6), 32)
     _, a32, f32 = measure(truth32, pool)
-    counts, areas, feats = measure(low, pool)
-    rows["(trained size 32×32 itself, vs truth at 32×32)"] = {
-        "one_object": float((counts == 1).mean()),
-        "mean_objects": float(counts.mean()),
-        "mean_area": float(areas.mean()),
-        "size_w1": metrics.size_distance(areas, a32),
-        "frechet": metrics.frechet_distance(feats, f32),
-        **{
-            f"frechet_{g}": metrics.frechet_distance(feats[:, cols], f32[:, cols])
-            for g, cols in metrics.FEATURE_GROUPS.items()
-        },
-        "seconds": round(t_low, 2),
-    }
+    rows["(trained size 32×32 itself, vs truth at 32×32)"] = _row(
+        measure(low, pool), a32, f32, t_low
+    )
     rows["_truth_mean_area"] = float(ref_areas.mean())  # type: ignore[assignment]
     _save_examples(samples, factor)
     return rows

@@ -207,18 +207,7 @@ def animatediff_call_kwargs(
     frames: int = 4, height: int = 16, width: int = 16, steps: int = 2, cfg: float = 5.0, seed=0
 ):
     """Arguments for a tiny AnimateDiff call, output as latents (B, C, F, h, w)."""
-    pe, ne = sd_embeds(seed=seed)
-    return dict(
-        prompt_embeds=pe,
-        negative_prompt_embeds=ne,
-        num_frames=frames,
-        height=height,
-        width=width,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
-    )
+    return dict(num_frames=frames, **sd_call_kwargs(height, width, steps, cfg, seed))
 
 
 def tiny_controlnet(unet, seed: int = 3):
