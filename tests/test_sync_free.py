@@ -1,4 +1,4 @@
-"""The core's two time paths: host (t read for free, or given as host_time) and device (t never read).
+"""The core's two time paths: host (t read for free, or given as host_time) and device (no read).
 
 On a GPU, reading the time tensor on the host is a device-to-host synchronisation. The device
 path is forced here on the CPU by declaring CPU tensors not host-readable, and every read of the
@@ -22,7 +22,9 @@ SD = DiscreteSchedule.scaled_linear()
 @pytest.fixture
 def device_path(monkeypatch):
     """Make every tensor time take the device path, as a time on an accelerator does."""
-    monkeypatch.setattr(guidance_module, "_host_readable", lambda t: not isinstance(t, torch.Tensor))
+    monkeypatch.setattr(
+        guidance_module, "_host_readable", lambda t: not isinstance(t, torch.Tensor)
+    )
     reads()
     yield
     reads()
