@@ -517,7 +517,13 @@ class UpsampleGuidanceWrapper:
             head = [kw.pop(k) for k in ("c_concat", "c_crossattn", "control")]
             return executor(x_, sigma_, *head, kw.pop("transformer_options"), **kw)
 
-        return self.guide(executor.class_obj, call, x, t, inputs)
+        base_model = getattr(executor, "class_obj", None)
+        if not hasattr(base_model, "model_sampling"):
+            raise TypeError(
+                "the APPLY_MODEL wrapper expects ComfyUI's executor around BaseModel._apply_model "
+                f"(executor.class_obj with model_sampling), got {type(base_model).__name__}"
+            )
+        return self.guide(base_model, call, x, t, inputs)
 
     def unet_function_wrapper(self, apply_model: Callable, args: dict) -> torch.Tensor:
         """The ``model_function_wrapper`` form: ``args`` holds input, timestep (sigma), c."""

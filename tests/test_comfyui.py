@@ -816,6 +816,13 @@ def test_bad_call_inputs_raise(x, factor, inputs, error, match):
         wrapper(Executor(), torch.zeros(x), torch.full((2,), 3.0), *head, **inputs)
 
 
+def test_apply_model_wrapper_needs_comfyuis_executor():
+    wrapper = UpsampleGuidanceWrapper((2, 2))
+    executor = cs.WrapperExecutor.new_executor(lambda *a, **k: None, [wrapper])
+    with pytest.raises(TypeError, match="expects ComfyUI's executor .*got NoneType"):
+        executor.execute(torch.zeros(1, 4, 8, 8), torch.ones(1), None, None, None, {})
+
+
 def test_unet_function_wrapper_needs_comfyuis_apply_model():
     wrapper = UpsampleGuidanceWrapper((2, 2))
     args = {
