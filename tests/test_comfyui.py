@@ -15,8 +15,9 @@ The references are written here from ug-math, not with the adapter's or the core
 
 Tolerances: the stand-in computes in float32 as ComfyUI does (``model_output.float()``). Guided vs
 reference, one call: 2e-5 (abs and rel), from the block mean's summation order and the float32
-rounding of σ/√k; over a 4-step sampler run: 1e-4. ``scale=0``, ``eta=0`` and guidance gated off
-are bit-identical (torch.equal), and so are quantities that are only moved, not computed.
+rounding of σ/√k; over a 4-step sampler run: 1e-4; SDXL's re-embedded sizes: 1e-5 (abs).
+``scale=0``, ``eta=0`` and guidance gated off are bit-identical (torch.equal), and so are
+quantities that are only moved, not computed.
 """
 
 from __future__ import annotations
