@@ -205,10 +205,10 @@ def _discrete_fraction(model_sampling: Any) -> Callable[[torch.Tensor], torch.Te
     last = len(model_sampling.sigmas) - 1
 
     def fraction(sigma: torch.Tensor) -> torch.Tensor:
-        """Return the time fraction of each sigma (float64, CPU)."""
+        """Return the time fraction of each sigma, on the sigmas' device (nothing read back)."""
         ref = model_sampling.sigmas
         t = model_sampling.timestep(sigma.to(device=ref.device, dtype=ref.dtype))
-        return t.to(device="cpu", dtype=torch.float64) / last
+        return t.to(device=sigma.device, dtype=sigma.dtype) / last
 
     return fraction
 
@@ -472,6 +472,7 @@ class UpsampleGuidanceWrapper:
                 prediction="sample",
                 time_matching=self.time_matching,
                 eta=self.eta,
+                device_time="read",  # ComfyUI's samplers read sigma on the host every step anyway
             )
             self._cache = (model_sampling, guide)
         return self._cache[1]

@@ -4,16 +4,21 @@ The companions of :mod:`diffusers_models` (UNet pipelines) for the transformer f
 builder ``tiny_<family>_pipeline(seed=0, **overrides)`` returns a real diffusers pipeline built
 from configs (fully offline, no text encoder or tokenizer: every ``text_encoder*`` /
 ``tokenizer*`` is ``None``), deterministic for a seed, with progress bars disabled; ``overrides``
-go to the transformer's config. Layers that diffusers initialises to zero get small random
-weights (:func:`diffusers_models.randomize_zero_params`) so that outputs are never identically
-zero. Every ``<family>_call_kwargs(...)`` returns the keyword arguments of one pipeline call:
-random prompt embeddings shaped like the text encoders' outputs (``SEQ`` tokens, small widths),
-``output_type="latent"`` and a seeded generator, so ``pipe(**kwargs)[0]`` is the final latent.
+go to the transformer's config. Every all-zero parameter of the transformer(s) gets small random
+values (:func:`diffusers_models.randomize_zero_params`) so that nothing is identically zero; in
+diffusers 0.42.1 the constructors zero no output layer of these models, only some LayerNorm
+biases (Wan, CogVideoX, HunyuanVideo's token refiner).
+
+Every ``<family>_call_kwargs(...)`` returns the keyword arguments of one pipeline call: random
+prompt embeddings shaped like the text encoders' outputs (``SEQ`` tokens, small widths, masks
+where the pipeline wants them), ``output_type="latent"`` and a seeded generator, so
+``pipe(**kwargs)[0]`` is the final latent.
 
 The ``*_TRAINED`` constants are the pixel sizes (and frame counts) each tiny transformer was
 "trained" at: its ``sample_size`` (or the scheduler's / binning's reference size) matches them.
-Every call at the trained size and at twice it (and twice the frames) runs in well under 3 s on
-one CPU thread with 2 steps.
+Every call at the trained size and at twice it (and twice the latent frames) takes well under
+0.2 s on one CPU thread with 2 steps. ``_families()`` lists them all for parametrised tests;
+``python tests/diffusers_transformers.py`` runs the self-check.
 """
 
 from __future__ import annotations
@@ -154,16 +159,18 @@ FLUX_TRAINED = 32  # pixels; latents 16x16 (VAE factor 2), packed into 8x8 = 64 
 FLUX_LATENT_CHANNELS = 4  # packed token width 4 * 2 * 2 = 16 (real Flux: 16 -> 64)
 
 
-def flux_scheduler():
-    """FlowMatchEuler with Flux's dynamic shifting, scaled down: Flux-dev ships base/max image
-    sequence lengths 256/4096 tokens (256 / 1024 px); here 4/64 (8 / 32 px), the same 1:16 ratio,
-    so the trained size gets ``max_shift`` and larger sizes extrapolate (as Flux at 2048 px)."""
+def flux_scheduler(dynamic: bool = True):
+    """FlowMatchEuler as Flux ships it. Flux-dev (``dynamic=True``): dynamic shifting, scaled
+    down -- dev's base/max image sequence lengths are 256/4096 tokens (256 / 1024 px), here 4/64
+    (8 / 32 px), the same 1:16 ratio, so the trained size gets ``max_shift`` and larger sizes
+    extrapolate (as dev at 2048 px). Flux-schnell (``dynamic=False``): ``shift=1.0`` without
+    dynamic shifting (the pipeline still computes ``mu``; the scheduler ignores it)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     return FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
+        shift=3.0 if dynamic else 1.0,
+        use_dynamic_shifting=dynamic,
         base_shift=0.5,
         max_shift=1.15,
         base_image_seq_len=4,
@@ -175,15 +182,16 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, **overrides)
     """A FluxPipeline: FluxTransformer2DModel on packed 2x2 tokens, dynamic-shift FlowMatchEuler.
 
     ``guidance_embeds=True`` is Flux-dev (distilled guidance, ``guidance_scale`` is embedded),
-    ``False`` is Flux-schnell (``guidance=None``).
+    ``False`` is Flux-schnell (``guidance=None``, static-shift scheduler; see
+    :func:`flux_scheduler`).
 
     - Latents are *packed*: (B, (h/2)*(w/2), 4*C) tokens, h = height / 2 here (VAE factor 2;
       real: 8); the transformer has ``patch_size=1`` and ``in_channels = 4 * C``. The pipeline
       passes ``img_ids`` ((h/2)*(w/2), 3): (0, row, col) of each token, and ``txt_ids`` (SEQ, 3)
       zeros; the 3-axis RoPE is computed from them inside the transformer. ``height``/``width``
       are floored to multiples of 4 (VAE factor x 2) without error.
-    - ``mu`` of the dynamic shift is computed from the token count, so the sigma schedule
-      depends on the resolution (see :func:`flux_scheduler`).
+    - ``mu`` of the dynamic shift is computed from the token count, so dev's sigma schedule
+      depends on the resolution; the pipeline passes ``sigmas = linspace(1, 1/steps, steps)``.
     - Timestep passed to the transformer: ``sigma`` in [0, 1] (``t / 1000``); ``guidance``
       (B,) = ``guidance_scale`` (the transformer multiplies both by 1000 internally).
     - CFG: none by default (distilled). ``true_cfg_scale > 1`` with negative embeds runs *two
@@ -213,7 +221,7 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, **overrides)
     )
     pipe = FluxPipeline(
         transformer=transformer,
-        scheduler=flux_scheduler(),
+        scheduler=flux_scheduler(dynamic=guidance_embeds),
         vae=tiny_kl_vae(
             FLUX_LATENT_CHANNELS,
             use_quant_conv=False,
@@ -394,6 +402,24 @@ def _text_mask(batch: int = 1, pad: int = 2) -> torch.Tensor:
     return mask
 
 
+def _masked_call_kwargs(height, width, steps, cfg, seed) -> dict:
+    """Embeddings with T5/Gemma-style masks for the PixArt / Sana / Lumina 2 pipelines."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(
+        prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
+        prompt_attention_mask=_text_mask(),
+        negative_prompt=None,  # PixArt's / Sana's default "" clashes with negative_prompt_embeds
+        negative_prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
+        negative_prompt_attention_mask=_text_mask(),
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+    )
+
+
 def pixart_call_kwargs(
     height: int = PIXART_TRAINED,
     width: int = PIXART_TRAINED,
@@ -405,20 +431,7 @@ def pixart_call_kwargs(
     """Arguments for a tiny PixArt (Alpha or Sigma) call, output as latents (1, 4, h/8, w/8) of
     the *binned* size. ``binning=False`` sets ``use_resolution_binning=False`` (the pipeline's
     default is True and is left alone otherwise)."""
-    gen = torch.Generator().manual_seed(seed)
-    kwargs = dict(
-        prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        prompt_attention_mask=_text_mask(),
-        negative_prompt=None,  # the pipeline's default "" clashes with negative_prompt_embeds
-        negative_prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        negative_prompt_attention_mask=_text_mask(),
-        height=height,
-        width=width,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
-    )
+    kwargs = _masked_call_kwargs(height, width, steps, cfg, seed)
     if not binning:
         kwargs["use_resolution_binning"] = False
     return kwargs
@@ -784,8 +797,7 @@ def cogvideox_call_kwargs(
     seed=0,
 ):
     """Arguments for a tiny CogVideoX call, output as latents (1, F, 4, h/8, w/8)."""
-    kwargs = wan_call_kwargs(height, width, num_frames, steps, cfg, seed)
-    return kwargs
+    return wan_call_kwargs(height, width, num_frames, steps, cfg, seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1170,7 +1182,9 @@ def tiny_cogview4_pipeline(seed: int = 0, **overrides):
       The pipeline's mu is ``sqrt(tokens / base_image_seq_len) * 0.75 + 0.25`` (its own formula).
     - Micro-conditions ``original_size`` / ``target_size`` (B, 2) in *pixels* (default: the
       requested height, width) and ``crop_coords`` (B, 2).
-    - Timestep passed to the transformer: ``t`` in [0, 1000] (not divided), (B,).
+    - Timestep passed to the transformer: the pipeline's *unshifted* ``linspace(1000, 1, steps)``
+      (cast to int), while the scheduler steps with *shifted* sigmas: 4 steps give t = 1000,
+      667, 334, 1 but sigma = 1, 0.87, 0.62, 0.003 -- here t != 1000 * sigma.
     - CFG: *two separate* calls (cond, then uncond with ``negative_prompt_embeds``).
     """
     from diffusers import (
@@ -1288,8 +1302,7 @@ def lumina2_call_kwargs(
     seed=0,
 ):
     """Arguments for a tiny Lumina 2 call, output as latents (1, 4, h/8, w/8)."""
-    kwargs = pixart_call_kwargs(height, width, steps, cfg, seed)
-    return kwargs
+    return _masked_call_kwargs(height, width, steps, cfg, seed)
 
 
 FLUX2_TRAINED = 128  # pixels; latents 16x16 (VAE factor 8), packed into 8x8 = 64 tokens

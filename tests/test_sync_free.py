@@ -148,3 +148,28 @@ def test_callable_scale_on_the_device_path_reads_the_time(device_path):
     guide = UpsampleGuidance(SD, (2, 2), scale=lambda f: 2 * f)
     guide.wrap(Model())(x, TimeTensor.wrap(torch.tensor([900, 300])))
     assert reads() != []
+
+
+def test_constant_weight_on_the_device_needs_neither_a_read_nor_a_choice(device_path):
+    """With a constant scale and eta = 1, w is the same at every time: the device path is exact."""
+    x = torch.randn(2, 3, 8, 8, dtype=F64)
+    t = torch.tensor([900, 150])
+    guide = UpsampleGuidance(SD, (2, 2), scale=1.3, time_matching="exact")
+    assert guide.constant_weight
+    out = guide.wrap(Model())(x, TimeTensor.wrap(t))
+    assert reads() == []
+    torch.testing.assert_close(
+        out.as_subclass(torch.Tensor), guide.wrap(Model())(x, t), rtol=0, atol=1e-12
+    )
+
+
+def test_device_time_read_copies_the_time_and_skips_the_call(device_path):
+    """device_time="read": one read of t per call, and no low call where w = 0."""
+    x = torch.randn(2, 3, 8, 8)
+    guide = UpsampleGuidance(SD, (2, 2), scale=1.0, eta=0.6, device_time="read")
+    fn, calls = counting(Model())
+    out = guide.wrap(fn)(x, TimeTensor.wrap(torch.tensor([100, 100])))
+    assert reads() != [] and calls == [(2, 3, 8, 8)]
+    assert torch.equal(out.as_subclass(torch.Tensor), Model()(x, torch.tensor([100, 100])))
+    with pytest.raises(ValueError, match=r"device_time must be one of \('compute', 'read'\)"):
+        UpsampleGuidance(SD, device_time="sync")

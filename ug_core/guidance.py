@@ -18,13 +18,19 @@ from .parameterizations import guidance_coefficients, normalize_prediction
 from .scales import ScaleLike, StepScale, check_eta, check_scale, weights_at
 from .schedules import TIME_MATCHING, DiscreteSchedule, Schedule, as_device_times, as_times
 
-__all__ = ["upsample_guidance", "UpsampleGuidance", "BELOW_RANGE", "LowResInputs"]
+__all__ = ["upsample_guidance", "UpsampleGuidance", "BELOW_RANGE", "DEVICE_TIME", "LowResInputs"]
 
 #: What happens where the matched time falls below the schedule's first time:
 #: ``"clamp"`` evaluates the low-resolution model at the first time (its input keeps the exact
 #: power scale, so it is slightly less noisy than the model assumes: a negligible mismatch at the
 #: clean end), ``"skip"`` switches the guidance off for that element, ``"error"`` raises.
 BELOW_RANGE = ("clamp", "skip", "error")
+
+#: What a time on an accelerator with no ``host_time`` does when w may vary with it:
+#: ``"compute"`` computes the guidance on the device and makes the low call at every step (w = 0
+#: elements keep the plain prediction; no device-to-host copy), ``"read"`` copies the time to the
+#: host once per call (a synchronisation) so that steps with w = 0 make no low call.
+DEVICE_TIME = ("compute", "read")
 
 #: ``low_res_inputs(args, kwargs, factors) -> (args, kwargs)``: adapts the extra model inputs to the
 #: low-resolution call (e.g. ControlNet residuals or per-frame embeddings). Default: unchanged.
@@ -132,10 +138,12 @@ class UpsampleGuidance:
     **No host synchronisation.** A time the host can read for free (a number, a CPU tensor, or
     ``host_time`` given by an adapter that knows it) takes the host path: the schedule maths runs
     in float64 on the CPU and the low call is skipped where w = 0. A time on an accelerator with
-    no ``host_time`` takes the device path: the same maths runs on the device, nothing is read
-    back, and the low call is made unless w is 0 at every time (``scale=0`` or ``eta=0``); the
-    elements with w = 0 keep the plain prediction bit for bit. On that path a callable scale
-    (other than :func:`~ug_core.step_scale`) and ``below_range="error"`` read the time back.
+    no ``host_time`` takes the device path: the same maths runs on the device and nothing is read
+    back. Where w is the same at every time (a constant scale with ``eta=1``) that costs nothing
+    more; otherwise ``device_time`` (one of :data:`DEVICE_TIME`) chooses between making the low
+    call at every step (``"compute"``, the default; elements with w = 0 keep the plain
+    prediction bit for bit) and reading the time once per call (``"read"``). A callable scale
+    (other than :func:`~ug_core.step_scale`) and ``below_range="error"`` always read it.
 
     Example::
 
@@ -154,6 +162,7 @@ class UpsampleGuidance:
         eta: float = 1.0,
         below_range: str = "clamp",
         match_power: bool = True,
+        device_time: str = "compute",
     ) -> None:
         if not isinstance(schedule, Schedule):
             raise TypeError(
@@ -164,6 +173,8 @@ class UpsampleGuidance:
             raise ValueError(f"time_matching must be one of {TIME_MATCHING}, got {time_matching!r}")
         if below_range not in BELOW_RANGE:
             raise ValueError(f"below_range must be one of {BELOW_RANGE}, got {below_range!r}")
+        if device_time not in DEVICE_TIME:
+            raise ValueError(f"device_time must be one of {DEVICE_TIME}, got {device_time!r}")
         scale, eta = check_scale(scale), check_eta(eta)
         if isinstance(scale, StepScale):  # one gate: step_scale(θ, η) is scale=θ, eta=η
             if eta != 1.0 and scale.eta != 1.0:
@@ -180,6 +191,7 @@ class UpsampleGuidance:
         self.time_matching = time_matching
         self.below_range = below_range
         self.match_power = bool(match_power)
+        self.device_time = device_time
 
     def __repr__(self) -> str:
         return (
@@ -192,6 +204,11 @@ class UpsampleGuidance:
     def never_on(self) -> bool:
         """True when w is 0 at every time (``scale=0`` or ``eta=0``): no low call is ever made."""
         return self.eta == 0.0 or (not callable(self.scale) and self.scale == 0.0)
+
+    @property
+    def constant_weight(self) -> bool:
+        """True when w is the same at every time (a constant scale, ``eta=1``, clamped τ)."""
+        return not callable(self.scale) and self.eta == 1.0 and self.below_range == "clamp"
 
     def weight(self, t: Any) -> torch.Tensor:
         """w at model time(s) t, float64 on the CPU (after checking that t lies in the schedule)."""
@@ -263,7 +280,9 @@ class UpsampleGuidance:
             return pred
         if host_time is not None:
             times = as_times(host_time, "host_time")
-        elif _host_readable(t):
+        elif _host_readable(t) or (
+            self.device_time == "read" and not self.constant_weight
+        ):
             times = as_times(t)
         else:
             times = None
@@ -332,7 +351,7 @@ class UpsampleGuidance:
             )
             t_low = _time_like(match.time, t, integral)
         if not on_host:
-            return w, t_low, c, r, q, True
+            return w, t_low, c, r, q, not self.constant_weight
         mixed = bool((w == 0).any())
         w, c, r, q = (_compact(v) for v in (w, c, r, q))
         return w, t_low, c, r, q, mixed
