@@ -280,9 +280,7 @@ class UpsampleGuidance:
             return pred
         if host_time is not None:
             times = as_times(host_time, "host_time")
-        elif _host_readable(t) or (
-            self.device_time == "read" and not self.constant_weight
-        ):
+        elif _host_readable(t) or (self.device_time == "read" and not self.constant_weight):
             times = as_times(t)
         else:
             times = None

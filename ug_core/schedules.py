@@ -344,20 +344,27 @@ class SigmaSchedule:
 class FlowSchedule:
     """Rectified flow (SD3, Flux): ``x_t = (1 − t)·x0 + t·ε`` with ``t`` in [0, 1].
 
-    Time unit: ``t·time_scale`` (diffusers' flow-matching transformers take ``1000·t``). The
-    matched time is ``t' = t/(t + √k(1 − t))`` and the input scale ``c = 1/((1 − t) + t/√k)``; t' is
-    never below 0, so no time is below the range.
+    Time unit: ``t·time_scale`` (diffusers' flow-matching transformers take ``1000·t``), or with
+    ``reverse=True`` ``(1 − t)·time_scale`` (Lumina 2 counts time from the noise: 0 = pure noise).
+    The matched time is ``t' = t/(t + √k(1 − t))`` and the input scale ``c = 1/((1 − t) + t/√k)``;
+    t' is never below 0, so no time is below the range.
     """
 
-    def __init__(self, time_scale: float = 1.0) -> None:
+    def __init__(self, time_scale: float = 1.0, reverse: bool = False) -> None:
         time_scale = float(time_scale)
         if not (0 < time_scale < math.inf):
             raise ValueError(f"time_scale must be a positive finite number, got {time_scale!r}")
         self.time_scale = time_scale
+        self.reverse = bool(reverse)
 
     def _unit(self, t: torch.Tensor) -> torch.Tensor:
-        """Model time to the flow time in [0, 1]."""
-        return times_of(t) / self.time_scale
+        """Model time to the flow time in [0, 1] (1 = pure noise)."""
+        u = times_of(t) / self.time_scale
+        return 1.0 - u if self.reverse else u
+
+    def _model(self, u: torch.Tensor) -> torch.Tensor:
+        """Flow time back to the model's time unit."""
+        return (1.0 - u if self.reverse else u) * self.time_scale
 
     def check_times(self, t: torch.Tensor, name: str = "t") -> None:
         """Raise a ValueError unless every time lies in ``[0, time_scale]``."""
@@ -371,7 +378,7 @@ class FlowSchedule:
             )
 
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(1 − t, t)``."""
+        """``(1 − t, t)`` of the flow time t."""
         u = self._unit(t)
         return 1.0 - u, u
 
@@ -386,4 +393,4 @@ class FlowSchedule:
         rk = math.sqrt(k)
         scale = 1.0 / ((1.0 - u) + u / rk)
         tau = u * scale / rk if mode != "off" else u.clone()
-        return Match(tau * self.time_scale, scale, torch.zeros_like(u, dtype=torch.bool))
+        return Match(self._model(tau), scale, torch.zeros_like(u, dtype=torch.bool))

@@ -150,9 +150,16 @@ class Family:
     consumed_lists: tuple[str, ...] = ()
     """List arguments the denoiser consumes as it runs (copied before the high call)."""
 
+    output_sign = 1.0
+    """-1 for a family whose output is the negated prediction (Lumina 2 predicts x0 − ε)."""
+
     def time_unit(self, module: torch.nn.Module) -> float:
         """The model's time per scheduler timestep (1: the model gets the scheduler's times)."""
         return 1.0
+
+    def model_time(self, scheduler_time: float, module: torch.nn.Module) -> float:
+        """The time the model receives for a scheduler timestep (host floats)."""
+        return scheduler_time * self.time_unit(module)
 
     def patch(self, module: torch.nn.Module) -> tuple[int, ...]:
         """The patch size per grid axis: grid sizes must be multiples of factor × patch."""
@@ -383,11 +390,15 @@ class Flux(Family):
         return rearrange(grid, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2)
 
     def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
-        """``img_ids`` of the low grid; ControlNet tokens pooled."""
+        """``img_ids`` of the low grid; ControlNet tokens pooled; Chroma's mask shortened."""
         super().low_inputs(low, call, factors, micro)
+        patch_grid = (call.grid[0] // 2, call.grid[1] // 2)
         ids = low.get("img_ids")
         if isinstance(ids, torch.Tensor):
-            low["img_ids"] = _low_ids(ids, (call.grid[0] // 2, call.grid[1] // 2), factors)
+            low["img_ids"] = _low_ids(ids, patch_grid, factors)
+        mask = low.get("attention_mask")
+        if isinstance(mask, torch.Tensor):
+            low["attention_mask"] = _low_image_mask(mask, patch_grid, factors)
 
 
 def _grid_from_ids(ids: Any, tokens: int) -> tuple[int, int]:
@@ -408,16 +419,82 @@ def _grid_from_ids(ids: Any, tokens: int) -> tuple[int, int]:
 
 
 def _low_ids(ids: torch.Tensor, patch_grid: tuple[int, int], factors: tuple[int, ...]) -> Any:
-    """Row-major position ids of a patch grid, strided by the factors, positions divided."""
-    squeeze = ids.ndim == 3
-    flat = ids[0] if squeeze else ids
+    """Row-major position ids ``([B,] N, C)`` of a patch grid, strided, positions divided.
+
+    Rows and columns are channels 1 and 2 (Flux's (0, row, col), Flux 2's (t, row, col, l)):
+    for 0-based ids these are exactly the ids native low-resolution sampling builds.
+    """
     hp, wp = patch_grid
     fh, fw = factors[-2:]
-    grid = flat.reshape(hp, wp, flat.shape[-1])[::fh, ::fw].clone()
+    grid = ids.reshape(*ids.shape[:-2], hp, wp, ids.shape[-1])[..., ::fh, ::fw, :].clone()
     grid[..., 1] = torch.div(grid[..., 1], fh, rounding_mode="floor")
     grid[..., 2] = torch.div(grid[..., 2], fw, rounding_mode="floor")
-    low = grid.reshape(-1, flat.shape[-1])
-    return low[None] if squeeze else low
+    return grid.reshape(*ids.shape[:-2], -1, ids.shape[-1])
+
+
+def _low_image_mask(mask: torch.Tensor, patch_grid: tuple[int, int], factors: tuple) -> Any:
+    """An attention mask ``(B, text + image tokens)`` for the low grid (Chroma's layout).
+
+    The image part is the mask at the first token of each block (Chroma's is all ones).
+    """
+    tokens = patch_grid[0] * patch_grid[1]
+    if mask.ndim != 2 or mask.shape[1] <= tokens:
+        raise ValueError(
+            f"attention_mask of shape {tuple(mask.shape)} is not (batch, text + {tokens} image "
+            "tokens); other masks are not supported"
+        )
+    text, image = mask[:, :-tokens], mask[:, -tokens:]
+    low = image.reshape(mask.shape[0], *patch_grid)[:, :: factors[-2], :: factors[-1]]
+    return torch.cat([text, low.reshape(mask.shape[0], -1)], dim=1)
+
+
+class Flux2(Flux):
+    """Flux.2 (``Flux2Transformer2DModel``): as Flux, with ids ``(B, N, 4)`` = (t, row, col, l)."""
+
+    name = "Flux.2"
+    classes = ("Flux2Transformer2DModel",)
+    token_residuals = ()
+
+    def grid_of(self, sample: torch.Tensor, call: Call) -> tuple[int, ...]:
+        """As Flux; reference-image tokens (``num_ref_tokens``) are refused."""
+        if call.named.get("num_ref_tokens"):
+            raise ValueError("Flux.2 calls with reference-image tokens are not supported")
+        return super().grid_of(sample, call)
+
+
+class QwenImage(Flux):
+    """Qwen-Image (``QwenImageTransformer2DModel``): Flux's packing, the grid in ``img_shapes``.
+
+    ``img_shapes`` (one list of ``(frames, rows, cols)`` per batch element, host ints) gives the
+    grid; the low call gets those of the low grid. The pipeline passes ``t / 1000``.
+    """
+
+    name = "Qwen-Image"
+    classes = ("QwenImageTransformer2DModel",)
+    token_residuals = ("controlnet_block_samples",)
+
+    def grid_of(self, sample: torch.Tensor, call: Call) -> tuple[int, ...]:
+        """``2 × (rows, cols)`` of the one image in ``img_shapes``."""
+        shapes = call.named.get("img_shapes")
+        try:
+            (frames, rows, cols), *more = {tuple(s) for per in shapes for s in per}
+        except (TypeError, ValueError):
+            raise ValueError(
+                "Qwen-Image calls must give img_shapes with one (frames, rows, cols) per batch "
+                f"element, all equal; got {shapes!r}"
+            ) from None
+        if more or frames != 1 or rows * cols != sample.shape[1]:
+            raise ValueError(
+                f"img_shapes {shapes!r} do not describe the {sample.shape[1]} tokens of one "
+                "image; edit pipelines with several images are not supported"
+            )
+        return (2 * rows, 2 * cols)
+
+    def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
+        """``img_shapes`` of the low grid; ControlNet tokens pooled."""
+        Family.low_inputs(self, low, call, factors, micro)
+        rows, cols = call.grid[0] // 2 // factors[-2], call.grid[1] // 2 // factors[-1]
+        low["img_shapes"] = [[(1, rows, cols)] for _ in low["img_shapes"]]
 
 
 class PixArt(Family):
@@ -470,6 +547,26 @@ class Sana(Family):
     def time_unit(self, module: torch.nn.Module) -> float:
         """The pipeline multiplies the scheduler's time by ``config.timestep_scale``."""
         return float(getattr(module.config, "timestep_scale", 1.0) or 1.0)
+
+
+class Lumina2(Family):
+    """Lumina 2 (``Lumina2Transformer2DModel``): time ``1 − σ`` (0 = noise), output ``x0 − ε``.
+
+    The pipeline passes ``1 − t/1000`` and negates the output before the scheduler step.
+    """
+
+    name = "Lumina 2"
+    classes = ("Lumina2Transformer2DModel",)
+    output_sign = -1.0
+
+    def schedule(self, scheduler: Any, module: torch.nn.Module) -> tuple[Schedule, str]:
+        """Rectified flow on the reversed time axis ``u = 1 − σ``."""
+        _, prediction = super().schedule(scheduler, module)
+        return FlowSchedule(time_scale=1.0, reverse=True), prediction
+
+    def model_time(self, scheduler_time: float, module: torch.nn.Module) -> float:
+        """``1 − t/1000``."""
+        return 1.0 - scheduler_time / 1000.0
 
 
 class Wan(Family):
@@ -632,9 +729,12 @@ FAMILIES: tuple[Family, ...] = (
     VideoUNet(),
     SD3(),
     Flux(),
+    Flux2(),
+    QwenImage(),
     PixArt(),
     DiT(),
     Sana(),
+    Lumina2(),
     Wan(),
     HunyuanVideo(),
     CogVideoX(),

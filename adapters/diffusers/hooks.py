@@ -94,6 +94,11 @@ def noisy_channels(name: str, c_in: int, c_out: int, learned_variance: bool) -> 
     )
 
 
+def _signed(x: torch.Tensor, sign: float) -> torch.Tensor:
+    """``sign · x`` (no copy for +1)."""
+    return x if sign == 1.0 else sign * x
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
     """The options of one application (validated)."""
@@ -132,6 +137,11 @@ class Options:
                 f"micro_conditioning must be one of {MICRO_CONDITIONING}, got {micro!r}"
             )
         return cls(factors, scale, eta, time_matching, below_range, micro)
+
+    @property
+    def never_on(self) -> bool:
+        """Whether w is 0 at every time (``scale=0`` or ``eta=0``): nothing is changed then."""
+        return self.eta == 0.0 or (not callable(self.scale) and self.scale == 0.0)
 
     def grid_factors(self, family: Family) -> tuple[int, ...]:
         """The factors of the family's grid: (H, W), or (F, H, W) with (1, fh, fw) for two."""
@@ -291,7 +301,7 @@ class Application:
         value = self.clock.time(self.scheduler(), t)
         if value is None:
             return None
-        value *= family.time_unit(module)
+        value = family.model_time(value, module)
         if isinstance(t, torch.Tensor) and t.device.type == "cpu":
             actual = as_times(t)
             tol = 4 * torch.finfo(t.dtype).eps if t.is_floating_point() else 1e-9
@@ -398,8 +408,9 @@ class Application:
         if host_t is not None and not bool(guide.weight(host_t) != 0):
             return None
         call = self.call_of(module, named, family)
+        sign = family.output_sign
         x = family.to_grid(named[family.sample_arg], call)
-        high = family.to_grid(output_sample(output), call)
+        high = _signed(family.to_grid(output_sample(output), call), sign)
         learned = getattr(getattr(self.scheduler(), "config", None), "variance_type", None)
         noisy = noisy_channels(
             type(module).__name__,
@@ -426,14 +437,14 @@ class Application:
             low[family.time_arg] = t_low
             family.low_inputs(low, call, factors, self.options.micro)
             out = family.to_grid(output_sample(low_call(**low)), low_grid)
-            return out[:, :noisy]
+            return _signed(out[:, :noisy], sign)
 
         guided = guide.apply(high, model, x, t, host_time=host_t)
         if guided is high:
             return None
         if variance is not None:
             guided = torch.cat([guided, variance], dim=1)
-        return replace_sample(output, family.from_grid(guided, call))
+        return replace_sample(output, family.from_grid(_signed(guided, sign), call))
 
 
 class HookState:
@@ -616,7 +627,7 @@ def wrap_pipeline(app: Application, pipe: Any) -> None:
     for name in ("check_inputs", "prepare_latents"):
         _wrap_size_check(app, pipe, name)
     processor = getattr(pipe, "image_processor", None)
-    if callable(getattr(processor, "classify_height_width_bin", None)):
+    if not app.options.never_on and callable(getattr(processor, "classify_height_width_bin", None)):
         _set(app, pipe, "image_processor", BinnedAtTrainedSize(processor, app.options.factors[-2:]))
     controlnet = getattr(pipe, "controlnet", None)
     if isinstance(controlnet, torch.nn.Module):
