@@ -192,6 +192,7 @@ class UpsampleGuidance:
         self.below_range = below_range
         self.match_power = bool(match_power)
         self.device_time = device_time
+        self._memo: dict[float, tuple] = {}  # host time -> (w, τ, integral, c, r, q, below)
 
     def __repr__(self) -> str:
         return (
@@ -278,15 +279,13 @@ class UpsampleGuidance:
             )
         if self.never_on:
             return pred
-        if host_time is not None:
-            times = as_times(host_time, "host_time")
-        elif _host_readable(t) or (self.device_time == "read" and not self.constant_weight):
-            times = as_times(t)
+        value, times = self._host_times(t, host_time)
+        if value is not None:
+            params = self._scalar_params(value, t)
         else:
-            times = None
-        if times is not None:
-            self.schedule.check_times(times)
-        params = self._params(t, times)
+            if times is not None:
+                self.schedule.check_times(times)
+            params = self._params(t, times)
         if params is None:
             return pred
         if pred.shape != x.shape:
@@ -312,6 +311,86 @@ class UpsampleGuidance:
             return guided
         on = _moved(w, pred.device, w.dtype) != 0
         return torch.where(on.reshape(on.shape + (1,) * (pred.ndim - on.ndim)), guided, pred)
+
+    def _host_times(self, t: Any, host_time: Any) -> tuple[float | None, torch.Tensor | None]:
+        """The time on the host: one value shared by the batch, or a tensor, or neither.
+
+        ``(value, None)`` when the batch shares one host time, ``(None, times)`` for several,
+        ``(None, None)`` for the device path.
+        """
+        source = host_time if host_time is not None else t
+        if host_time is None and not (
+            _host_readable(t) or (self.device_time == "read" and not self.constant_weight)
+        ):
+            return None, None
+        if isinstance(source, numbers.Real) and not isinstance(source, bool):
+            return float(source), None
+        times = as_times(source, "host_time" if host_time is not None else "t")
+        flat = times.reshape(-1)
+        if flat.numel() == 1 or bool((flat == flat[0]).all()):
+            return float(flat[0]), None
+        return None, times
+
+    def precompute(self, times: Any) -> None:
+        """Compute the guidance's values at these host times (model unit) once, for later calls.
+
+        Adapters that know a sampler's times (the diffusers adapter, from the scheduler) call it
+        before sampling, so that each guided call only looks its values up.
+        """
+        times = as_times(times, "times").reshape(-1)
+        self.schedule.check_times(times)
+        self._remember(times)
+
+    def _remember(self, times: torch.Tensor) -> None:
+        """Store ``(w, τ, τ integral, c, r, q, below)`` per host time (float64 maths, batched)."""
+        if len(self._memo) > 4096:
+            self._memo.clear()
+        w = weights_at(self.scale, self.eta, self.schedule.time_fraction(times))
+        match = self.schedule.match(times, self.k, self.time_matching)
+        c = match.scale if self.match_power else torch.ones_like(match.scale)
+        a, s = self.schedule.coefficients(times)
+        r, q = guidance_coefficients(self.prediction, a, s, c, self.k)
+        integral = match.time == match.time.round()
+        rows = zip(
+            times.tolist(), w.tolist(), match.time.tolist(), integral.tolist(), c.tolist(),
+            r.tolist(), q.tolist(), match.below.tolist(), strict=True,
+        )  # fmt: skip
+        for value, *entry in rows:
+            self._memo[value] = tuple(entry)
+
+    def skips(self, value: float) -> bool:
+        """Whether a call at this host time (model unit) is left unguided (w == 0 there)."""
+        if self.never_on:
+            return True
+        entry = self._memo.get(value)
+        if entry is None:
+            self.precompute([value])
+            entry = self._memo[value]
+        return entry[0] == 0.0 or (entry[6] and self.below_range == "skip")
+
+    def _scalar_params(self, value: float, t: Any) -> tuple | None:
+        """``_params`` for a batch that shares one host time, from the per-time memo."""
+        entry = self._memo.get(value)
+        if entry is None:
+            times = torch.tensor([value], dtype=torch.float64)
+            self.schedule.check_times(times)
+            self._remember(times)
+            entry = self._memo[value]
+        w, tau, integral, c, r, q, below = entry
+        if w == 0.0:
+            return None
+        if below and self.below_range == "error":
+            raise ValueError(
+                f"the matched time for t={value!r} falls below the schedule's range (factors "
+                f"{self.factors}, k={self.k}); pass below_range='clamp' or 'skip' to allow it"
+            )
+        if below and self.below_range == "skip":
+            return None
+        if self.time_matching == "off":
+            t_low = t
+        else:
+            t_low = _time_like(torch.tensor(tau, dtype=torch.float64), t, integral)
+        return w, t_low, c, r, q, False
 
     def _params(self, t: Any, times: torch.Tensor | None) -> tuple | None:
         """``(w, t_low, c, r, q, mixed)`` for the low call and the kernel, or None if w == 0.

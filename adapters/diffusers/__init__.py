@@ -275,8 +275,9 @@ class GuidedDenoiser:
         named = dict(zip(self._positional, args, strict=False))
         named.update(kwargs)
         app, family = self.app, self.family
-        call = app.call_of(module, named, family)
-        app.check_grid(family, call, app.options.grid_factors(family))
+        plan = app.plan(module, named)
+        if plan is None:
+            return self._run(*args, **kwargs)
         # The UNet consumes residual lists (T2I-Adapter's are popped): keep them as given.
         kept = {n: list(v) for n in family.consumed_lists if isinstance(v := named.get(n), list)}
         output = self._run(*args, **kwargs)
@@ -286,7 +287,7 @@ class GuidedDenoiser:
             """The low-resolution call."""
             return self._run(**kw, return_dict=False)
 
-        guided = app.guided_output(module, named, output, low_call)
+        guided = app.guided_output(module, named, output, low_call, plan)
         return output if guided is None else guided
 
 

@@ -20,14 +20,13 @@ import itertools
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ...guidance import UpsampleGuidance
 from ...operators import downsample, normalize_factors
 from ...scales import ScaleLike
-from ...schedules import as_times
 from .families import MICRO_CONDITIONING, Call, Family, family_of
 
 __all__ = ["HookState", "Application", "SchedulerClock", "HostTimeWarning", "STATE"]
@@ -94,9 +93,29 @@ def noisy_channels(name: str, c_in: int, c_out: int, learned_variance: bool) -> 
     )
 
 
+def _agrees(t: torch.Tensor, value: float) -> bool:
+    """Whether a CPU time tensor holds ``value`` in every element (to its dtype's precision)."""
+    flat = t.reshape(-1)
+    tol = 4 * torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0
+    first = float(flat[0])
+    if abs(first - value) > tol * max(1.0, abs(value)) + 1e-9:
+        return False
+    return flat.numel() == 1 or all(s == 0 for s in t.stride()) or bool((flat == flat[0]).all())
+
+
 def _signed(x: torch.Tensor, sign: float) -> torch.Tensor:
     """``sign · x`` (no copy for +1)."""
     return x if sign == 1.0 else sign * x
+
+
+class Plan(NamedTuple):
+    """A guided call's family, factors, core guidance, host time and grid (before it runs)."""
+
+    family: Family
+    factors: tuple[int, ...]
+    guide: UpsampleGuidance
+    host_t: float | None
+    call: Call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,10 +270,25 @@ class Application:
 
     # ------------------------------------------------------------------ activation
     def activate(self) -> None:
-        """The pipeline starts sampling: guide its calls, and copy its timesteps to the host."""
+        """The pipeline starts sampling: guide its calls, and precompute its times' guidance.
+
+        The scheduler's timesteps are copied to the host once here, before the loop, and the
+        guidance's values at each of them are computed in one batch.
+        """
         self.active += 1
         self.stamp = next(_stamps)
-        self.clock.prefetch(self.scheduler())
+        host = self.clock.prefetch(self.scheduler())
+        if host is None:
+            return
+        for module, family, _ in self.modules.values():
+            guide = self.guidance(module, family, self.options.grid_factors(family))
+            if guide.never_on:
+                continue
+            times = [family.model_time(float(v), module) for v in host.tolist()]
+            try:
+                guide.precompute(times)
+            except ValueError:
+                pass  # a time outside the model's schedule: reported by the call that meets it
 
     def deactivate(self) -> None:
         """The pipeline stops sampling."""
@@ -302,20 +336,17 @@ class Application:
         if value is None:
             return None
         value = family.model_time(value, module)
-        if isinstance(t, torch.Tensor) and t.device.type == "cpu":
-            actual = as_times(t)
-            tol = 4 * torch.finfo(t.dtype).eps if t.is_floating_point() else 1e-9
-            if not torch.allclose(actual, torch.tensor(value, dtype=torch.float64), rtol=tol):
-                if not self.warned:
-                    self.warned = True
-                    warnings.warn(
-                        f"the scheduler's time {value!r} differs from the time the "
-                        f"{type(module).__name__} received ({actual.flatten()[0].item()!r}); "
-                        "using the latter. Please report this pipeline and scheduler.",
-                        HostTimeWarning,
-                        stacklevel=2,
-                    )
-                return None
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu" and not _agrees(t, value):
+            if not self.warned:
+                self.warned = True
+                warnings.warn(
+                    f"the scheduler's time {value!r} differs from the time the "
+                    f"{type(module).__name__} received ({t.reshape(-1)[0].item()!r}); using the "
+                    "latter. Please report this pipeline and scheduler.",
+                    HostTimeWarning,
+                    stacklevel=2,
+                )
+            return None
         return value
 
     # ------------------------------------------------------------------ checks
@@ -386,28 +417,39 @@ class Application:
         call.batch = sample.shape[0]
         return call
 
-    def guided_output(
-        self,
-        module: torch.nn.Module,
-        named: dict,
-        output: Any,
-        low_call: Callable[..., Any],
-    ) -> Any | None:
-        """The guided output of one call whose high-resolution ``output`` is known.
+    def plan(self, module: torch.nn.Module, named: dict) -> Plan | None:
+        """What a call needs before it runs, or None if it is left unguided (w == 0 there).
 
-        ``low_call(**kwargs)`` runs the denoiser for the low-resolution call. Returns None where
-        the guidance left the prediction unchanged (w == 0 known on the host).
+        The grid is checked here, so that a bad size fails before the denoiser runs.
         """
         _, family, _ = self.modules[id(module)]
         factors = self.options.grid_factors(family)
         guide = self.guidance(module, family, factors)
         if guide.never_on:
             return None
-        t = named.get(family.time_arg)
-        host_t = self.host_time(family, module, t)
-        if host_t is not None and not bool(guide.weight(host_t) != 0):
+        host_t = self.host_time(family, module, named.get(family.time_arg))
+        if host_t is not None and guide.skips(host_t):
             return None
         call = self.call_of(module, named, family)
+        self.check_grid(family, call, factors)
+        return Plan(family, factors, guide, host_t, call)
+
+    def guided_output(
+        self,
+        module: torch.nn.Module,
+        named: dict,
+        output: Any,
+        low_call: Callable[..., Any],
+        plan: Plan,
+    ) -> Any | None:
+        """The guided output of one planned call whose high-resolution ``output`` is known.
+
+        ``low_call(**kwargs)`` runs the denoiser for the low-resolution call. Returns None where
+        the guidance left the prediction unchanged (w == 0 known only on the device).
+        """
+        family, factors, guide, host_t, call = plan
+        call.named = named
+        t = named.get(family.time_arg)
         sign = family.output_sign
         x = family.to_grid(named[family.sample_arg], call)
         high = _signed(family.to_grid(output_sample(output), call), sign)
@@ -455,6 +497,7 @@ class HookState:
         self.handles: list[Any] = []
         self.low_depth = 0  # > 0 during the low-resolution call (and bare-wrapper calls)
         self.kept: dict[str, tuple[list, list]] = {}
+        self.pending: tuple[Application, Plan] | None = None  # set by the pre-hook
         forward = inspect.signature(type(module).forward)
         params = list(forward.parameters.values())[1:]
         self.positional = tuple(
@@ -481,29 +524,29 @@ class HookState:
         return best
 
     def pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """Before the high-resolution call: check the grid, keep the lists the model consumes."""
+        """Before the high-resolution call: plan it (check the grid, keep consumed lists)."""
+        self.pending = None
         if self.low_depth:
             return
         app = self.active()
         if app is None:
             return
-        family = app.modules[id(module)][1]
         named = self.named(args, kwargs)
-        call = app.call_of(module, named, family)
-        app.check_grid(family, call, app.options.grid_factors(family))
+        plan = app.plan(module, named)
+        if plan is None:
+            return
+        self.pending = (app, plan)
         self.kept = {
             name: (value, list(value))
-            for name in family.consumed_lists
+            for name in plan.family.consumed_lists
             if isinstance(value := named.get(name), list)
         }
 
     def hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         """Replace the high-resolution output by the guided one."""
-        if self.low_depth:
+        if self.low_depth or self.pending is None:
             return None
-        app = self.active()
-        if app is None:
-            return None
+        (app, plan), self.pending = self.pending, None
         named = self.named(args, kwargs)
         kept, self.kept = self.kept, {}
         for name, (original, copy) in kept.items():
@@ -519,7 +562,7 @@ class HookState:
             finally:
                 self.low_depth -= 1
 
-        return app.guided_output(module, named, output, low_call)
+        return app.guided_output(module, named, output, low_call, plan)
 
     def install(self, module: torch.nn.Module) -> None:
         """Register the two hooks (opaque to torch.compile: plain Python glue)."""
@@ -540,13 +583,17 @@ def state_of(module: torch.nn.Module) -> HookState | None:
 
 
 def attach(app: Application, module: torch.nn.Module) -> None:
-    """Add ``app`` to the module's state, installing the hooks on first use."""
+    """Add ``app`` to the module's state; the hooks are installed for an app that can guide.
+
+    An application with ``scale=0`` (or ``eta=0``) never changes a call, so it needs no hooks.
+    """
     state = state_of(module)
     if state is None:
         state = HookState(module)
-        state.install(module)
         module.__dict__[STATE] = state
     state.apps.append(app)
+    if not app.options.never_on and not state.handles:
+        state.install(module)
 
 
 def detach(app: Application, module: torch.nn.Module) -> None:
@@ -555,8 +602,9 @@ def detach(app: Application, module: torch.nn.Module) -> None:
     if state is None:
         return
     state.apps = [a for a in state.apps if a is not app]
-    if not state.apps:
+    if all(a.options.never_on for a in state.apps):
         state.uninstall()
+    if not state.apps:
         del module.__dict__[STATE]
 
 
