@@ -479,13 +479,13 @@ def test_every_guided_call_gets_its_time_from_the_host(monkeypatch):
     except a first step whose time is neither a view of the timesteps nor indexed yet (Sana
     scales t; the core then computes on the device, and the first step is always guided)."""
     seen = []
-    apply = guidance_module.UpsampleGuidance.apply
+    prepare = guidance_module.UpsampleGuidance.prepare
 
-    def spy(self, pred, model, x, t, *args, host_time=None, **kwargs):
+    def spy(self, x, t, *, host_time=None):
         seen.append(host_time)
-        return apply(self, pred, model, x, t, *args, host_time=host_time, **kwargs)
+        return prepare(self, x, t, host_time=host_time)
 
-    monkeypatch.setattr(guidance_module.UpsampleGuidance, "apply", spy)
+    monkeypatch.setattr(guidance_module.UpsampleGuidance, "prepare", spy)
     for name, case in CASES.items():
         seen.clear()
         pipe = case.build()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from .branch import BranchParallel
 from .operators import block_size, check_divisible, downsample, normalize_factors, upsample
 from .parameterizations import guidance_coefficients, normalize_prediction
 from .scales import ScaleLike, StepScale, check_eta, check_scale, weights_at
@@ -117,6 +118,38 @@ def _time_like(tau: torch.Tensor, t: Any, integral: bool) -> Any:
     return int(round(value)) if isinstance(t, numbers.Integral) and integral else value
 
 
+class Prepared(NamedTuple):
+    """A guided call before the model runs (see :meth:`UpsampleGuidance.prepare`)."""
+
+    w: Coefficient
+    """w: a float, or one per batch element."""
+    t_low: Any
+    """The low-resolution call's time, in the form the caller gave t."""
+    r: Coefficient
+    q: Coefficient
+    mixed: bool
+    """Whether some elements have w == 0 (they keep the plain prediction)."""
+    x_down: torch.Tensor | None
+    """D[x] (None on the low process of a branch-parallel call)."""
+    x_low: torch.Tensor
+    """The low-resolution input c·D[x]."""
+
+
+def _check_prediction(pred: Any) -> None:
+    """A TypeError unless the model returned a tensor."""
+    if not isinstance(pred, torch.Tensor):
+        raise TypeError(
+            f"the model must return a tensor, got {type(pred).__name__}; adapt its output "
+            "(e.g. return_dict=False) before wrapping"
+        )
+
+
+def _high_shape(x_low: torch.Tensor, factors: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of x whose low-resolution input is ``x_low``."""
+    lead = x_low.shape[: x_low.ndim - len(factors)]
+    return tuple(lead) + tuple(n * f for n, f in zip(x_low.shape[len(lead) :], factors))
+
+
 class UpsampleGuidance:
     """Upsample guidance for a model trained at a lower resolution.
 
@@ -145,6 +178,11 @@ class UpsampleGuidance:
     prediction bit for bit) and reading the time once per call (``"read"``). A callable scale
     (other than :func:`~ug_core.step_scale`) and ``below_range="error"`` always read it.
 
+    **Branch-parallel.** ``branch_parallel`` (a :class:`~ug_core.branch.BranchParallel`, or a
+    ``torch.distributed`` group of two processes) makes the low-resolution call on the other
+    process at the same time as the high one: both processes run the same loop and call the
+    guided model alike; the high process makes no low call and the low process no high call.
+
     Example::
 
         guide = UpsampleGuidance(DiscreteSchedule(alphas_cumprod), factors=(2, 2), scale=1.0)
@@ -163,6 +201,7 @@ class UpsampleGuidance:
         below_range: str = "clamp",
         match_power: bool = True,
         device_time: str = "compute",
+        branch_parallel: Any = None,
     ) -> None:
         if not isinstance(schedule, Schedule):
             raise TypeError(
@@ -193,6 +232,10 @@ class UpsampleGuidance:
         self.match_power = bool(match_power)
         self.device_time = device_time
         self._memo: dict[float, tuple] = {}  # host time -> (w, τ, integral, c, r, q, below)
+        if branch_parallel is None or isinstance(branch_parallel, BranchParallel):
+            self.branch = branch_parallel
+        else:  # a torch.distributed process group of two
+            self.branch = BranchParallel(branch_parallel)
 
     def __repr__(self) -> str:
         return (
@@ -244,12 +287,23 @@ class UpsampleGuidance:
         host_time: Any = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """One guided prediction: :meth:`apply` on ``model(x, t, *args, **kwargs)``."""
-        self.check_input(x, t)
+        """One guided prediction: ``model(x, t, *args, **kwargs)`` plus the guidance term.
+
+        With ``branch_parallel``, the high process makes the high call and the low process the
+        low call; both return the guided prediction.
+        """
+        prepared = self.prepare(x, t, host_time=host_time)
+        if self.branch is not None and self.branch.role == "low":
+            if prepared is not None:
+                self.low_call(prepared, model, args, kwargs, low_res_inputs)
+            return self.branch.share(None, x.device)
         pred = model(x, t, *args, **kwargs)
-        return self.apply(
-            pred, model, x, t, *args, low_res_inputs=low_res_inputs, host_time=host_time, **kwargs
-        )
+        out = pred
+        if prepared is not None:
+            out = self.finish(prepared, pred, model, args, kwargs, low_res_inputs)
+        if self.branch is not None:
+            self.branch.share(out, out.device)
+        return out
 
     def apply(
         self,
@@ -270,15 +324,23 @@ class UpsampleGuidance:
         ``host_time`` is the value of ``t`` as the host knows it (a number, or one per batch
         element), given by adapters that know the sampler's times, so that ``t`` itself is never
         read. ``low_res_inputs(args, kwargs, factors)`` adapts the other inputs for the low call.
+        The same as :meth:`prepare` then :meth:`finish`.
+        """
+        _check_prediction(pred)
+        prepared = self.prepare(x, t, host_time=host_time)
+        if prepared is None:
+            return pred
+        return self.finish(prepared, pred, model, args, kwargs, low_res_inputs)
+
+    def prepare(self, x: torch.Tensor, t: Any, *, host_time: Any = None) -> Prepared | None:
+        """What a guided call needs before the model runs, or None where w == 0 (host-known).
+
+        Computes the low-resolution input ``c·D[x]`` and the kernel's coefficients; with
+        ``branch_parallel`` the high process sends that input and the low process receives it.
         """
         self.check_input(x, t)
-        if not isinstance(pred, torch.Tensor):
-            raise TypeError(
-                f"the model must return a tensor, got {type(pred).__name__}; adapt its output "
-                "(e.g. return_dict=False) before wrapping"
-            )
         if self.never_on:
-            return pred
+            return None
         value, times = self._host_times(t, host_time)
         if value is not None:
             params = self._scalar_params(value, t)
@@ -287,28 +349,75 @@ class UpsampleGuidance:
                 self.schedule.check_times(times)
             params = self._params(t, times)
         if params is None:
-            return pred
-        if pred.shape != x.shape:
-            raise ValueError(
-                f"the model's prediction has shape {tuple(pred.shape)}, but x has shape "
-                f"{tuple(x.shape)}; guidance needs a prediction shaped like its input"
-            )
+            return None
         w, t_low, c, r, q, mixed = params
+        if self.branch is not None and self.branch.role == "low":
+            low_shape = x.shape[: x.ndim - len(self.factors)] + tuple(
+                n // f for n, f in zip(x.shape[x.ndim - len(self.factors) :], self.factors)
+            )
+            x_low = self.branch.low_input(torch.empty(low_shape, dtype=x.dtype, device=x.device))
+            return Prepared(w, t_low, r, q, mixed, None, x_low)
         x_down = downsample(x, self.factors)
         work = torch.float32 if x.dtype in _HALF else x.dtype
         x_low = (x_down.to(work) * _per_sample(c, x_down.to(work))).to(x.dtype)
+        if self.branch is not None:
+            self.branch.low_input(x_low)
+        return Prepared(w, t_low, r, q, mixed, x_down, x_low)
+
+    def low_call(
+        self,
+        prepared: Prepared,
+        model: Callable[..., torch.Tensor],
+        args: tuple = (),
+        kwargs: dict | None = None,
+        low_res_inputs: LowResInputs | None = None,
+    ) -> torch.Tensor:
+        """The low-resolution model call of a prepared call (sent on, with ``branch_parallel``)."""
+        kwargs = kwargs or {}
         low_args, low_kwargs = (
             low_res_inputs(args, kwargs, self.factors) if low_res_inputs else (args, kwargs)
         )
-        pred_low = model(x_low, t_low, *low_args, **low_kwargs)
+        x_low = prepared.x_low
+        pred_low = model(x_low, prepared.t_low, *low_args, **low_kwargs)
         if not isinstance(pred_low, torch.Tensor) or pred_low.shape != x_low.shape:
             raise ValueError(
                 f"the low-resolution call returned {getattr(pred_low, 'shape', type(pred_low))}, "
                 f"expected a tensor of shape {tuple(x_low.shape)}"
             )
-        guided = upsample_guidance(pred, pred_low, x_down, w, r, q, self.factors)
-        if not mixed:
+        if self.branch is not None:
+            self.branch.low_prediction(pred_low)
+        return pred_low
+
+    def finish(
+        self,
+        prepared: Prepared,
+        pred: torch.Tensor,
+        model: Callable[..., torch.Tensor],
+        args: tuple = (),
+        kwargs: dict | None = None,
+        low_res_inputs: LowResInputs | None = None,
+    ) -> torch.Tensor:
+        """The guided prediction of a prepared call, from the model's own ``pred``.
+
+        Makes the low call (or, with ``branch_parallel``, receives its prediction).
+        """
+        _check_prediction(pred)
+        expected = _high_shape(prepared.x_low, self.factors)
+        if tuple(pred.shape) != expected:
+            raise ValueError(
+                f"the model's prediction has shape {tuple(pred.shape)}, but x has shape "
+                f"{expected}; guidance needs a prediction shaped like its input"
+            )
+        if self.branch is not None:
+            pred_low = self.branch.low_prediction(torch.empty_like(prepared.x_low))
+        else:
+            pred_low = self.low_call(prepared, model, args, kwargs, low_res_inputs)
+        guided = upsample_guidance(
+            pred, pred_low, prepared.x_down, prepared.w, prepared.r, prepared.q, self.factors
+        )
+        if not prepared.mixed:
             return guided
+        w = prepared.w
         on = _moved(w, pred.device, w.dtype) != 0
         return torch.where(on.reshape(on.shape + (1,) * (pred.ndim - on.ndim)), guided, pred)
 

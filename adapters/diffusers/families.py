@@ -166,6 +166,19 @@ class Family:
         p = getattr(module.config, "patch_size", 1) or 1
         return (p, p) if isinstance(p, int) else tuple(p)
 
+    def out_channels(self, module: torch.nn.Module, channels: int) -> int:
+        """The output's grid channels for an input grid of ``channels`` (config in/out ratio).
+
+        More output than input channels is a learned variance; fewer means the input carries
+        clean conditioning channels after the noisy sample.
+        """
+        config = getattr(module, "config", None)
+        c_in = getattr(config, "in_channels", None)
+        c_out = getattr(config, "out_channels", None) or c_in
+        if isinstance(c_in, int) and isinstance(c_out, int) and (channels * c_out) % c_in == 0:
+            return channels * c_out // c_in
+        return channels
+
     def schedule(self, scheduler: Any, module: torch.nn.Module) -> tuple[Schedule, str]:
         """The schedule and prediction type the scheduler gives this family's model."""
         schedule, prediction = flow_or_vp(scheduler, self.time_unit(module))
@@ -489,6 +502,10 @@ class QwenImage(Flux):
                 "image; edit pipelines with several images are not supported"
             )
         return (2 * rows, 2 * cols)
+
+    def out_channels(self, module: torch.nn.Module, channels: int) -> int:
+        """Qwen-Image's ``out_channels`` counts latent channels, ``in_channels`` packed ones."""
+        return channels
 
     def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
         """``img_shapes`` of the low grid; ControlNet tokens pooled."""

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ...guidance import UpsampleGuidance
+from ...guidance import Prepared, UpsampleGuidance
 from ...operators import downsample, normalize_factors
 from ...scales import ScaleLike
 from .families import MICRO_CONDITIONING, Call, Family, family_of
@@ -109,13 +109,17 @@ def _signed(x: torch.Tensor, sign: float) -> torch.Tensor:
 
 
 class Plan(NamedTuple):
-    """A guided call's family, factors, core guidance, host time and grid (before it runs)."""
+    """A guided call before it runs: its family, grid, core guidance and prepared values."""
 
     family: Family
     factors: tuple[int, ...]
     guide: UpsampleGuidance
-    host_t: float | None
+    prepared: Prepared
     call: Call
+    noisy: int
+    """How many grid channels are the noisy sample."""
+    condition: torch.Tensor | None
+    """The clean conditioning channels (block-averaged for the low call), if any."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,57 +424,49 @@ class Application:
     def plan(self, module: torch.nn.Module, named: dict) -> Plan | None:
         """What a call needs before it runs, or None if it is left unguided (w == 0 there).
 
-        The grid is checked here, so that a bad size fails before the denoiser runs.
+        The grid is checked here, so that a bad size fails before the denoiser runs, and the
+        low-resolution input is prepared (sent to the other process when branch-parallel).
         """
         _, family, _ = self.modules[id(module)]
         factors = self.options.grid_factors(family)
         guide = self.guidance(module, family, factors)
         if guide.never_on:
             return None
-        host_t = self.host_time(family, module, named.get(family.time_arg))
+        t = named.get(family.time_arg)
+        host_t = self.host_time(family, module, t)
         if host_t is not None and guide.skips(host_t):
             return None
         call = self.call_of(module, named, family)
         self.check_grid(family, call, factors)
-        return Plan(family, factors, guide, host_t, call)
-
-    def guided_output(
-        self,
-        module: torch.nn.Module,
-        named: dict,
-        output: Any,
-        low_call: Callable[..., Any],
-        plan: Plan,
-    ) -> Any | None:
-        """The guided output of one planned call whose high-resolution ``output`` is known.
-
-        ``low_call(**kwargs)`` runs the denoiser for the low-resolution call. Returns None where
-        the guidance left the prediction unchanged (w == 0 known only on the device).
-        """
-        family, factors, guide, host_t, call = plan
-        call.named = named
-        t = named.get(family.time_arg)
-        sign = family.output_sign
         x = family.to_grid(named[family.sample_arg], call)
-        high = _signed(family.to_grid(output_sample(output), call), sign)
-        learned = getattr(getattr(self.scheduler(), "config", None), "variance_type", None)
-        noisy = noisy_channels(
-            type(module).__name__,
-            x.shape[1],
-            high.shape[1],
-            learned in ("learned", "learned_range"),
-        )
+        noisy = self.noisy(module, family, x.shape[1])
+        prepared = guide.prepare(x[:, :noisy], t, host_time=host_t)
+        if prepared is None:
+            return None
         condition = x[:, noisy:] if noisy < x.shape[1] else None
-        x = x[:, :noisy]
-        variance = None
-        if high.shape[1] == 2 * noisy:
-            high, variance = high[:, :noisy], high[:, noisy:]
+        return Plan(family, factors, guide, prepared, call, noisy, condition)
+
+    def noisy(self, module: torch.nn.Module, family: Family, channels: int) -> int:
+        """How many of the grid's ``channels`` are the noisy sample (from the model's config)."""
+        out = family.out_channels(module, channels)
+        learned = getattr(getattr(self.scheduler(), "config", None), "variance_type", None)
+        return noisy_channels(
+            type(module).__name__, channels, out, learned in ("learned", "learned_range")
+        )
+
+    def low_model(
+        self, module: torch.nn.Module, named: dict, plan: Plan, low_call: Callable[..., Any]
+    ) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        """The low-resolution call as the core sees it: a grid in, the grid's prediction out."""
+        family, factors, call, noisy, condition = (
+            plan.family, plan.factors, plan.call, plan.noisy, plan.condition
+        )  # fmt: skip
 
         def model(x_low: torch.Tensor, t_low: Any) -> torch.Tensor:
-            """The low-resolution call as the core sees it: a grid in, the grid mean out."""
+            """One low-resolution denoiser call."""
             if condition is not None:  # clean conditioning channels: block-averaged, not scaled
                 x_low = torch.cat([x_low, downsample(condition, factors).to(x_low.dtype)], dim=1)
-            low_grid = Call(call.named, call.pipe, module, call.request)
+            low_grid = Call(named, call.pipe, module, call.request)
             low_grid.grid = tuple(n // f for n, f in zip(call.grid, factors, strict=True))
             low_grid.batch = call.batch
             low = dict(named)
@@ -479,11 +475,30 @@ class Application:
             low[family.time_arg] = t_low
             family.low_inputs(low, call, factors, self.options.micro)
             out = family.to_grid(output_sample(low_call(**low)), low_grid)
-            return _signed(out[:, :noisy], sign)
+            return _signed(out[:, :noisy], family.output_sign)
 
-        guided = guide.apply(high, model, x, t, host_time=host_t)
-        if guided is high:
-            return None
+        return model
+
+    def guided_output(
+        self,
+        module: torch.nn.Module,
+        named: dict,
+        output: Any,
+        low_call: Callable[..., Any],
+        plan: Plan,
+    ) -> Any:
+        """The guided output of one planned call whose high-resolution ``output`` is known.
+
+        ``low_call(**kwargs)`` runs the denoiser for the low-resolution call.
+        """
+        family, call, noisy, sign = plan.family, plan.call, plan.noisy, plan.family.output_sign
+        call.named = named
+        high = _signed(family.to_grid(output_sample(output), call), sign)
+        variance = None
+        if high.shape[1] == 2 * noisy:
+            high, variance = high[:, :noisy], high[:, noisy:]
+        model = self.low_model(module, named, plan, low_call)
+        guided = plan.guide.finish(plan.prepared, high, model)
         if variance is not None:
             guided = torch.cat([guided, variance], dim=1)
         return replace_sample(output, family.from_grid(_signed(guided, sign), call))
