@@ -147,7 +147,8 @@ def _check_prediction(pred: Any) -> None:
 def _high_shape(x_low: torch.Tensor, factors: tuple[int, ...]) -> tuple[int, ...]:
     """The shape of x whose low-resolution input is ``x_low``."""
     lead = x_low.shape[: x_low.ndim - len(factors)]
-    return tuple(lead) + tuple(n * f for n, f in zip(x_low.shape[len(lead) :], factors))
+    trailing = x_low.shape[len(lead) :]
+    return tuple(lead) + tuple(n * f for n, f in zip(trailing, factors, strict=True))
 
 
 class UpsampleGuidance:
@@ -352,9 +353,8 @@ class UpsampleGuidance:
             return None
         w, t_low, c, r, q, mixed = params
         if self.branch is not None and self.branch.role == "low":
-            low_shape = x.shape[: x.ndim - len(self.factors)] + tuple(
-                n // f for n, f in zip(x.shape[x.ndim - len(self.factors) :], self.factors)
-            )
+            lead, trailing = x.shape[: x.ndim - len(self.factors)], x.shape[-len(self.factors) :]
+            low_shape = lead + tuple(n // f for n, f in zip(trailing, self.factors, strict=True))
             x_low = self.branch.low_input(torch.empty(low_shape, dtype=x.dtype, device=x.device))
             return Prepared(w, t_low, r, q, mixed, None, x_low)
         x_down = downsample(x, self.factors)
