@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ...branch import BranchParallel
 from ...scales import ScaleLike
 from .families import FAMILIES, MICRO_CONDITIONING, Family, family_of, supported_classes
 from .hooks import (
@@ -96,6 +97,7 @@ def apply_upsample_guidance(
     below_range: str = "clamp",
     micro_conditioning: str = "low",
     sdxl_micro_conditioning: str | None = None,
+    branch_parallel: Any = None,
 ) -> Any:
     """Turn a diffusers pipeline into an upsample-guided one; returns ``pipe``.
 
@@ -112,9 +114,13 @@ def apply_upsample_guidance(
     The guidance runs while this pipeline samples (its progress bar is running): the same
     denoiser called by another pipeline or directly is not changed. Applying again replaces the
     previous application; :func:`remove_upsample_guidance` undoes it bit for bit, and
-    ``scale=0`` leaves every output bit-identical to the plain pipeline's. PixArt and Sana's
-    resolution binning snaps ``request / factors`` to a trained-size bin and samples that bin
-    times the factors.
+    ``scale=0`` leaves every output bit-identical to the plain pipeline's.
+    ``branch_parallel`` (a ``torch.distributed`` group of two processes, or a
+    :class:`ug_core.branch.BranchParallel`) makes the low-resolution call on the other process:
+    both processes apply it to the same pipeline and call it with the same arguments; rank 0 of
+    the group makes the high calls, rank 1 the low ones, and both return the guided result.
+    PixArt and Sana's resolution binning snaps ``request / factors`` to a trained-size bin and
+    samples that bin times the factors.
 
     Raises a TypeError for a pipeline without a supported denoiser (the error lists the
     families) and a ValueError for invalid options; a size the factors (times the patch size)
@@ -144,7 +150,10 @@ def apply_upsample_guidance(
         below_range,
         _micro(micro_conditioning, sdxl_micro_conditioning),
     )
-    app = Application(pipe, lambda: pipe_ref().scheduler, options)
+    branch = branch_parallel
+    if branch is not None and not isinstance(branch, BranchParallel):
+        branch = BranchParallel(branch)
+    app = Application(pipe, lambda: pipe_ref().scheduler, options, branch)
     for attr, module in denoisers:  # validates every option before anything is replaced
         app.add_module(module, attr)
     remove_upsample_guidance(pipe)

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ...branch import BranchParallel
 from ...guidance import Prepared, UpsampleGuidance
 from ...operators import downsample, normalize_factors
 from ...scales import ScaleLike
@@ -240,8 +241,15 @@ class Application:
     call, so swapping the pipeline's scheduler is fine).
     """
 
-    def __init__(self, pipe: Any, scheduler: Callable[[], Any], options: Options) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        scheduler: Callable[[], Any],
+        options: Options,
+        branch: BranchParallel | None = None,
+    ) -> None:
         self.pipe = weakref.ref(pipe) if pipe is not None else None
+        self.branch = branch
         self.scheduler = scheduler
         self.options = options
         self.clock = SchedulerClock()
@@ -327,6 +335,7 @@ class Application:
                 o.time_matching,
                 eta=o.eta,
                 below_range=o.below_range,
+                branch_parallel=self.branch,
             )
         return self._guides[key]
 
@@ -549,6 +558,8 @@ class HookState:
         named = self.named(args, kwargs)
         plan = app.plan(module, named)
         if plan is None:
+            if app.branch is not None:  # the other process still waits for this call's output
+                self.pending = (app, None)
             return
         self.pending = (app, plan)
         self.kept = {
@@ -562,6 +573,10 @@ class HookState:
         if self.low_depth or self.pending is None:
             return None
         (app, plan), self.pending = self.pending, None
+        if plan is None:  # branch-parallel, unguided: share the plain output
+            sample = output_sample(output)
+            app.branch.share(sample, sample.device)
+            return None
         named = self.named(args, kwargs)
         kept, self.kept = self.kept, {}
         for name, (original, copy) in kept.items():
@@ -577,10 +592,55 @@ class HookState:
             finally:
                 self.low_depth -= 1
 
-        return app.guided_output(module, named, output, low_call, plan)
+        guided = app.guided_output(module, named, output, low_call, plan)
+        if app.branch is not None:
+            sample = output_sample(guided)
+            app.branch.share(sample, sample.device)
+        return guided
 
-    def install(self, module: torch.nn.Module) -> None:
-        """Register the two hooks (opaque to torch.compile: plain Python glue)."""
+    def low_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        """The denoiser's forward on the low process of a branch-parallel application.
+
+        It makes only the low-resolution call (on the input the high process sends) and returns
+        the guided output the high process shares; outside the pipeline's sampling, and for the
+        low call itself, it is the denoiser's own forward.
+        """
+        forward = type(module).forward
+        app = None if self.low_depth else self.active()
+        if app is None or app.branch is None:
+            return forward(module, *args, **kwargs)
+        named = self.named(args, kwargs)
+        plan = app.plan(module, named)
+        device = named[app.modules[id(module)][1].sample_arg].device
+        if plan is not None:
+            outer = app.outer(module)
+
+            def low_call(**kw: Any) -> Any:
+                """The low-resolution call through the denoiser's own forward."""
+                self.low_depth += 1
+                try:
+                    return outer(**kw, return_dict=False)
+                finally:
+                    self.low_depth -= 1
+
+            plan.guide.low_call(plan.prepared, app.low_model(module, named, plan, low_call))
+        sample = app.branch.share(None, device)
+        if not named.get("return_dict", True):
+            return (sample,)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=sample)
+
+    def install(self, module: torch.nn.Module, low_process: bool = False) -> None:
+        """Register the two hooks (opaque to torch.compile: plain Python glue).
+
+        On the low process of a branch-parallel application the forward is replaced instead
+        (an instance attribute, deleted again by :meth:`uninstall`).
+        """
+        if low_process:
+            module.__dict__["forward"] = functools.partial(self.low_forward, module)
+            self.handles.append(_ForwardOverride(module))
+            return
         pre, post = torch.compiler.disable(self.pre_hook), torch.compiler.disable(self.hook)
         self.handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         self.handles.append(module.register_forward_hook(post, with_kwargs=True))
@@ -590,6 +650,17 @@ class HookState:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+
+
+class _ForwardOverride:
+    """A handle that deletes an instance ``forward`` override."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def remove(self) -> None:
+        """Restore the class's forward."""
+        self.module.__dict__.pop("forward", None)
 
 
 def state_of(module: torch.nn.Module) -> HookState | None:
@@ -606,9 +677,15 @@ def attach(app: Application, module: torch.nn.Module) -> None:
     if state is None:
         state = HookState(module)
         module.__dict__[STATE] = state
+    low = app.branch is not None and app.branch.role == "low"
+    if state.apps and (low or any(a.branch is not None for a in state.apps)):
+        raise ValueError(
+            "a branch-parallel application cannot share its denoiser with another application; "
+            "remove the other one first"
+        )
     state.apps.append(app)
     if not app.options.never_on and not state.handles:
-        state.install(module)
+        state.install(module, low_process=low)
 
 
 def detach(app: Application, module: torch.nn.Module) -> None:
