@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from diffusers_models import sd_call_kwargs, tiny_sd_pipeline  # noqa: E402
-
 from ug_core.adapters.diffusers import apply_upsample_guidance  # noqa: E402
 
 
