@@ -1,19 +1,8 @@
 """Raw DDPM (ancestral) and DDIM sampling loops over a :class:`~ug_core.DiscreteSchedule`.
 
-For users who write their own loop: any ``model(x, t, **extra_args) -> prediction`` (t an integer
-timestep tensor of shape ``(batch,)``), a schedule, a step count, a generator and an optional
-:class:`~ug_core.UpsampleGuidance`::
-
-    from ug_core import DiscreteSchedule, UpsampleGuidance
-    from ug_core.adapters.loops import sample_ddim
-
-    schedule = DiscreteSchedule.linear()
-    guide = UpsampleGuidance(schedule, factors=(2, 2), scale=1.0)
-    x0 = sample_ddim(model, schedule, 50, torch.Generator().manual_seed(0), guide,
-                     shape=(4, 3, 64, 64))
-
-Timesteps are evenly spaced from N − 1 down to 0 ("trailing" spacing), and the last step goes to
-ᾱ = 1, i.e. returns the final x0 estimate's image.
+``model(x, t, **extra_args) -> prediction``, with ``t`` an integer timestep tensor of shape
+``(batch,)``; an optional :class:`~ug_core.UpsampleGuidance` wraps it. Timesteps are evenly spaced
+from N − 1 down to 0, and the last step goes to ᾱ = 1 (it returns the final x0 estimate).
 """
 
 from __future__ import annotations

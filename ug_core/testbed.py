@@ -1,20 +1,14 @@
 """An exact analytic testbed for upsample guidance: stationary Gaussian data on a periodic grid.
 
-The data is one continuous scene seen at two resolutions. At the high resolution (``factors`` times
-the trained size per axis) it is a stationary Gaussian field whose correlation length is a fixed
-fraction of the image; the trained-resolution data is its block mean ``D[x]``, also stationary.
-For such data the exact ε-predictor at the trained resolution is known in closed form, a Wiener
-filter that is diagonal in Fourier space::
+The high-resolution data is a stationary Gaussian field whose correlation length is a fixed
+fraction of the image; the trained-resolution data is its block mean ``D[x]``. The exact
+trained-resolution ε-predictor is a Wiener filter, diagonal in Fourier space::
 
     ε̂(x_t) = F⁻¹[ s / (a²·λ_low + s²) · F[x_t] ],   x_t = a·x0 + s·ε,
 
-where ``λ_low`` are the eigenvalues (power spectrum) of the trained-resolution covariance.
-
-:meth:`GaussianTestbed.eps_model` applies that filter at any size as a *fixed pixel-space kernel*
-of the trained size, as a CNN would be applied: the trained-size spatial kernel is embedded,
-centred, into the larger grid. At the trained size it is the exact denoiser; at a larger size it
-produces structure at the trained pixel scale, i.e. the wrong physical scale, which is what naive
-high-resolution sampling gets wrong. Run ``python -m ug_core.testbed`` for the numbers.
+with ``λ_low`` the trained-resolution power spectrum. :meth:`GaussianTestbed.eps_model` applies it
+at any size as a fixed trained-size kernel, as a CNN would be applied. ``python -m
+ug_core.testbed`` prints the tables; why this testbed: ``docs/design.md``.
 """
 
 from __future__ import annotations
