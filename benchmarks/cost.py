@@ -8,9 +8,9 @@ From the repository root::
 Every method samples the same ``--n`` seeds with ``--steps`` DDIM steps on the embedded model, in
 one process, interleaved over ``--repeats`` rounds (the median wall time counts), so that all ratios
 to naive come from one run on one machine. Model calls and the pixels they process are counted at
-the model function. Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` above the allocation
-before the method; on the CPU (Linux), the peak resident set size during the method above the
-resident size before it: the kernel's high-water mark (VmHWM) is reset through
+the UNet (``baselines.CallCounter``). Peak memory: on CUDA, ``torch.cuda.max_memory_allocated``
+above the allocation before the method; on the CPU (Linux), the peak resident set size during the
+method above the resident size before it: the kernel's high-water mark (VmHWM) is reset through
 ``/proc/self/clear_refs`` before each method, and glibc is told to serve allocations of 64 KiB and
 more by mmap so that freed tensors leave the resident set at once (else a method could reuse memory
 an earlier one freed and look free). tracemalloc cannot see torch's allocations.

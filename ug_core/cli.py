@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Sample a model at factor × its trained size three ways from the same seeds: naive, "
             "with upsample guidance, and at the trained size upscaled bicubically. Writes one PNG "
-            "per sample, grid.png (naive | UG | bicubic) and metrics.json into --out. Default: "
+            "per sample, grid.png (naive | UG | bicubic, one row per seed, labelled with its seed "
+            "and class) and metrics.json into --out. Default: "
             "the embedded 32x32 shapes model."
         ),
     )
@@ -187,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--class", dest="class_name", metavar="NAME",
         help="class of a class-conditional model, a name or an index (default: cycle through "
-        "the classes). The embedded model's: disc, square, triangle, cross, and none: the null "
-        "class it was trained with for classifier-free guidance, which gives unconditional "
-        "samples (any shape; --cfg has no effect then)",
+        "the classes but the null class). The embedded model's: disc, square, triangle, cross, "
+        "and none: the null class it was trained with for classifier-free guidance, which "
+        "gives unconditional samples (any shape; --cfg has no effect then)",
     )  # fmt: skip
     s.add_argument("--out", metavar="DIR", help="output folder (default: ./ug-samples-<time>)")
     s.add_argument("--device", default="cpu", help="torch device (default cpu)")
