@@ -1,30 +1,12 @@
 """Upsample guidance for k-diffusion-style denoisers, in sigma space (ug-math §6).
 
-A k-diffusion denoiser is any callable ``inner(x, sigma, **extra_args) -> denoised`` that returns
-the x0 estimate of ``x = x0 + sigma·noise``: ``k_diffusion.external.DiscreteEpsDDPMDenoiser``,
-``DiscreteVDDPMDenoiser``, ``CompVisDenoiser``, ``k_diffusion.layers.Denoiser`` (EDM), the CFG
-wrappers of k-diffusion's scripts and A1111, or your own. :class:`UpsampleGuidedDenoiser` wraps one
-and is itself one, so every ``k_diffusion.sampling.sample_*`` (and ComfyUI- or A1111-style copies
-of them that follow the same contract) takes it unchanged::
+A denoiser is any ``inner(x, sigma, **extra_args) -> denoised`` (the x0 estimate of
+``x = x0 + σ·noise``). :class:`UpsampleGuidedDenoiser` wraps one and is one, so every
+``k_diffusion.sampling.sample_*`` takes it. Per call, with ``k = prod(factors)``::
 
-    import k_diffusion as K
-    from ug_core.adapters.k_diffusion import UpsampleGuidedDenoiser
+    denoised' = denoised + w·U[inner(D[x], σ/√k) − D[denoised]]
 
-    model = K.external.CompVisDenoiser(sd_model)  # trained at 64x64 latents
-    guided = UpsampleGuidedDenoiser(model, factors=(2, 2), scale=1.0, eta=0.6)
-    sigmas = model.get_sigmas(30)
-    x = torch.randn(1, 4, 128, 128) * sigmas[0]
-    samples = K.sampling.sample_dpmpp_2m(guided, x, sigmas, extra_args=extra_args)
-
-Per call, with ``k = prod(factors)`` (the maths is the core's; this module only maps sigma to it):
-
-``denoised' = denoised + w·U[inner(D[x], σ/√k) − D[denoised]]``
-
-``D[x]`` is already a valid sample at ``σ/√k`` (no power factor in sigma space), and the guidance
-is applied to the denoised (x0) output. The whole batch, conditional and unconditional halves
-included, goes through one low-resolution call, and none is made where ``w == 0``.
-
-Importing this module imports neither k-diffusion nor anything from it.
+Importing this module does not import k-diffusion. Design notes: ``docs/design.md``.
 """
 
 from __future__ import annotations
@@ -174,47 +156,22 @@ def _forwarding_getattr(self: nn.Module, name: str) -> Any:
 class UpsampleGuidedDenoiser(nn.Module):
     """A k-diffusion denoiser with upsample guidance: ``guided(x, sigma, **extra_args)``.
 
-    ``inner`` is the denoiser trained at the low resolution: ``inner(x, sigma, **extra_args)``
-    returns the x0 estimate (``denoised``) of ``x = x0 + σ·noise``. ``factors`` are the integer
-    upsampling factors of the trailing axes (``(2, 2)``: 2x in height and width, ``k = 4``).
+    - ``inner``: the denoiser trained at the low resolution, ``inner(x, σ, **extra_args) -> x0``.
+    - ``factors``: integer upsampling factors of the trailing axes (``(2, 2)``: ``k = 4``).
+    - ``scale``: θ, a float or a callable of the time fraction (1 = noisiest) returning w.
+    - ``eta``: η; guidance is on while the time fraction is ``>= 1 − η``. The time fraction of σ
+      is ``sigma_to_t(σ)/(N − 1)`` for a discrete model (found on ``inner`` or down its
+      ``inner_model`` chain), else the position of ``log σ`` in ``[log sigma_min,
+      log sigma_max]`` (default EDM's 0.002 to 80); ``fraction`` replaces either mapping.
+    - ``below_range``: where ``σ/√k < sigma_min``, ``"clamp"`` (call at ``sigma_min``),
+      ``"skip"`` (no guidance there) or ``"error"``.
+    - ``time_matching``: ``"exact"`` or ``"nearest"`` (the same in sigma space), ``"off"``
+      (ablation: the low call at σ).
+    - ``low_res_inputs(args, kwargs, factors) -> (args, kwargs)``: adapts resolution-dependent
+      extra_args for the low-resolution call.
 
-    **Scale over time (the paper's θ, η), gated by sigma.** ``scale`` is θ: a float, or a callable
-    of the time fraction (a float in [0, 1], 1 = noisiest) returning w. ``eta`` is η: guidance is on
-    while the time fraction is ``>= 1 − η``, i.e. during the noisiest η of the time axis, whatever
-    steps the sampler takes (Heun, DPM adaptive and friends keep no step count). Sigma maps to the
-    time fraction so:
-
-    - discrete models (``inner``, or an ``inner.inner_model`` down the chain, has ``sigma_to_t`` and
-      ``sigmas``, as k-diffusion's ``DiscreteEpsDDPMDenoiser``, ``DiscreteVDDPMDenoiser``,
-      ``CompVisDenoiser`` do): ``sigma_to_t(σ)/(N − 1)``, the model's own timestep over the last
-      one, i.e. the paper's t/T. ``sigma_min``/``sigma_max`` default to the model's sigma range.
-    - continuous models (anything else, e.g. ``k_diffusion.layers.Denoiser``): the position of
-      ``log σ`` between ``log sigma_min`` and ``log sigma_max``, clipped to [0, 1]; the range
-      defaults to EDM's (0.002, 80). Pass the range your model was trained on.
-
-    ``fraction`` replaces either mapping: a callable from a float64 sigma tensor to fractions
-    (e.g. ``lambda s: v_denoiser.sigma_to_t(s)`` for a v-diffusion model, whose t is in [0, 1]).
-
-    **Below sigma_min.** Near the end of sampling ``σ/√k`` falls below the model's ``sigma_min``
-    (for Stable Diffusion's schedule, for every ``σ < 0.058`` at k = 4). ``below_range``:
-
-    - ``"clamp"`` (default): the low-resolution call is made at ``sigma_min``. Its input ``D[x]`` is
-      then slightly less noisy than the model assumes: a negligible mismatch at the clean end
-      (both denoisers are then close to the identity, so the correction is small either way), and
-      what a discrete model does anyway (its ``sigma_to_t`` clamps any smaller sigma to t = 0).
-      The guidance stays continuous in sigma instead of switching off abruptly near the end.
-    - ``"skip"``: the guidance is off for those batch elements (their output is ``inner``'s, bit
-      for bit); no low-resolution call is made when every element is below.
-    - ``"error"``: raise a ValueError.
-
-    ``time_matching``: ``"exact"`` (default, :data:`DEFAULT_TIME_MATCHING`) or ``"nearest"`` (the
-    same in sigma space), or ``"off"`` (the low call at σ itself: an ablation only).
-    ``low_res_inputs(args, kwargs, factors) -> (args, kwargs)`` adapts extra_args that depend on
-    the resolution (e.g. concatenated image conditioning) for the low-resolution call.
-
-    Attributes: ``inner_model`` (the wrapped denoiser, as in k-diffusion's wrappers), ``guidance``
-    (the core :class:`~ug_core.UpsampleGuidance`), and, read through from the wrapped model's
-    discrete schedule, :data:`FORWARDED_ATTRIBUTES` (``guided.get_sigmas(n)`` etc.).
+    Attributes: ``inner_model``, ``guidance`` (the core :class:`~ug_core.UpsampleGuidance`), and
+    :data:`FORWARDED_ATTRIBUTES` read through from the wrapped model's discrete schedule.
     """
 
     def __init__(
@@ -306,21 +263,11 @@ def _cat_halves(uncond: Any, cond: Any) -> Any:
 class CFGDenoiser(nn.Module):
     """Classifier-free guidance for a k-diffusion denoiser, both halves in one call.
 
-    The usual k-diffusion CFG wrapper (as in k-diffusion's scripts and A1111):
-    ``cfg(x, sigma, uncond=..., cond=..., cond_scale=...)`` calls
+    ``cfg(x, σ, uncond=..., cond=..., cond_scale=...)`` calls
     ``inner(cat[x, x], cat[σ, σ], cond=cat[uncond, cond], **extra_args)`` once and returns
-    ``u + (c − u)·cond_scale``. ``uncond``/``cond`` are tensors or dicts/lists of tensors;
-    ``cond_scale`` is a float (the CFG scale).
-
-    It composes with :class:`UpsampleGuidedDenoiser` in either order with exactly one
-    low-resolution call per denoiser call, and both orders give the same result (UG is linear in
-    the two predictions, ug-math §10)::
-
-        guided = UpsampleGuidedDenoiser(CFGDenoiser(model), factors=(2, 2))  # UG(CFG(.))
-        guided = CFGDenoiser(UpsampleGuidedDenoiser(model, factors=(2, 2)))  # CFG(UG(.))
-        extra_args = {"cond": cond, "uncond": uncond, "cond_scale": 7.5}
-
-    UG(CFG(.)) finds a discrete model's schedule through ``inner_model``.
+    ``u + (c − u)·cond_scale``; ``uncond``/``cond`` are tensors or dicts/lists of tensors. It
+    composes with :class:`UpsampleGuidedDenoiser` in either order, with the same result and one
+    low-resolution call per denoiser call (ug-math §10).
     """
 
     def __init__(self, inner: Denoiser) -> None:
