@@ -440,7 +440,11 @@ def test_error_height_before_any_model_call():
         pipe(**sd_call_kwargs(height=48, width=40))
     assert rec.calls == [] and vae.calls == []
     # a UNet call while the pipeline samples: the check runs before the UNet does
-    with pytest.raises(ValueError, match="latent height 16 is not a multiple of 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"latent grid \(factors\) has sizes \(16, 18\) that "
+        r"the factors \(3, 3\) do not divide \(16 % 3 = 1: use 15 or 18\)",
+    ):
         with pipe.progress_bar(total=1):
             pipe.unet(torch.zeros(1, 4, 16, 18), 10, encoder_hidden_states=torch.zeros(1, 4, 32))
     assert rec.calls == []
@@ -469,7 +473,9 @@ def test_error_frames_before_any_model_call():
     pipe = tiny_animatediff_pipeline()
     apply_upsample_guidance(pipe, (2, 1, 1), 1.0)
     rec = ForwardRecorder(pipe.unet)
-    with pytest.raises(ValueError, match=r"num_frames=3 gives 3 latent frames, which the factor 2"):
+    with pytest.raises(
+        ValueError, match=r"num_frames=3 gives 3 latent frames: .* \(factor 2\) has sizes \(3,\)"
+    ):
         pipe(**animatediff_call_kwargs(frames=3))
     assert rec.calls == []
     pipe(**animatediff_call_kwargs(frames=2, steps=1))
@@ -480,7 +486,8 @@ def test_error_controlnet_called_with_undivided_latents():
     pipe = tiny_controlnet_pipeline()
     apply_upsample_guidance(pipe, (3, 3), 1.0)
     rec = ForwardRecorder(pipe.controlnet)
-    with pytest.raises(ValueError, match=r"ControlNet sample has latent size \(16, 18\)"):
+    expected = r"the ControlNet sample has trailing sizes \(16, 18\) that the factors \(3, 3\)"
+    with pytest.raises(ValueError, match=expected):
         with pipe.progress_bar(total=1):
             pipe.controlnet(
                 torch.zeros(1, 4, 16, 18),

@@ -499,11 +499,11 @@ def test_every_guided_call_gets_its_time_from_the_host(monkeypatch):
 @pytest.mark.parametrize(
     ("name", "bad", "match"),
     [
-        ("sd3", dict(height=68), r"height=68 gives a latent height of 34, which the factor 2 x "
-                                 r"patch 2"),
+        ("sd3", dict(height=68), r"height=68 gives a latent height of 34: the latent height "
+                                 r"\(factor 2 x patch 2\) has sizes \(34,\) .* use 32 or 36"),
         ("flux_dev_dynamic_shift", dict(width=68), r"width=68 gives a latent width of 34"),
-        ("wan21", dict(num_frames=9), r"num_frames=9 gives 3 latent frames, which the factor 2.*"
-                                      r"a temporal factor counts latent frames"),
+        ("wan21", dict(num_frames=9), r"num_frames=9 gives 3 latent frames \(a temporal factor "
+                                      r"counts latent frames\): .*\(factor 2\)"),
         ("ltx", dict(height=96), r"height=96 gives a latent height of 3"),
         ("cogvideox", dict(width=72), r"width=72 gives a latent width of 9"),
     ],

@@ -92,7 +92,11 @@ def test_wrapper_errors():
         guided_unet(lambda x, t: x, pipe.scheduler)
     guided = guided_unet(pipe.unet, pipe.scheduler, (2, 2), 1.0)
     rec = ForwardRecorder(pipe.unet)
-    with pytest.raises(ValueError, match="latent width 15 is not a multiple of 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"latent grid \(factors\) has sizes \(16, 15\) that the factors \(2, 2\) do "
+        r"not divide \(15 % 2 = 1: use 14 or 16\)",
+    ):
         guided(torch.zeros(1, 4, 16, 15), 10, encoder_hidden_states=torch.zeros(1, 4, EMBED_DIM))
     with pytest.raises(
         ValueError, match=r"got a sample of shape \(1, 4, 2, 16, 16\); the UNet family takes"

@@ -26,7 +26,7 @@ import torch
 
 from ...branch import BranchParallel
 from ...guidance import Prepared, UpsampleGuidance
-from ...operators import downsample, normalize_factors
+from ...operators import check_divisible, downsample, normalize_factors
 from ...scales import ScaleLike
 from .families import MICRO_CONDITIONING, Call, Family, family_of
 
@@ -366,19 +366,11 @@ class Application:
     def check_grid(self, family: Family, call: Call, factors: tuple[int, ...]) -> None:
         """Raise, before the model runs, if the factors × patch don't divide the grid."""
         patch = family.patch(call.module)
-        names = ("frames", "height", "width")[-len(factors) :]
-        bad = [
-            f"latent {n} {s} is not a multiple of {f * p} (factor {f} x patch {p})"
-            if p > 1
-            else f"latent {n} {s} is not a multiple of {f}"
-            for n, s, f, p in zip(names, call.grid, factors, patch, strict=True)
-            if s % (f * p)
-        ]
-        if bad:
-            raise ValueError(
-                f"the {type(call.module).__name__} sample has grid {call.grid}: {'; '.join(bad)} "
-                f"(factors {factors}); choose sizes whose latent size they divide"
-            )
+        effective = tuple(f * p for f, p in zip(factors, patch, strict=True))
+        what = f"factors {factors} x patch {patch}" if any(p > 1 for p in patch) else "factors"
+        check_divisible(
+            call.grid, effective, f"the {type(call.module).__name__} latent grid ({what})"
+        )
 
     def check_request(self, sizes: dict[str, Any]) -> None:
         """Raise, before any model runs, for a pipeline request the factors don't divide."""
@@ -390,21 +382,22 @@ class Application:
             names = ("frames", "height", "width")[-len(factors) :]
             for name, f, p in zip(names, factors, patch, strict=True):
                 n = latent.get(name)
-                if n is None or n % (f * p) == 0:
+                if n is None:
                     continue
                 pixel = "num_frames" if name == "frames" else name
-                unit = f"factor {f} x patch {p}" if p > 1 else f"factor {f}"
                 gives = f"{n} latent frames" if name == "frames" else f"a latent {name} of {n}"
                 note = (
                     " (a temporal factor counts latent frames)"
                     if name == "frames" and n != sizes[pixel]
                     else ""
                 )
-                raise ValueError(
-                    f"{pixel}={sizes[pixel]!r} gives {gives}, which the {unit} of "
-                    f"factors={self.options.factors} does not divide{note}; use a {pixel} "
-                    f"whose latent {name} is a multiple of {f * p}"
-                )
+                unit = f"factor {f} x patch {p}" if p > 1 else f"factor {f}"
+                try:
+                    check_divisible((n,), (f * p,), f"the latent {name} ({unit})")
+                except ValueError as err:
+                    raise ValueError(
+                        f"{pixel}={sizes[pixel]!r} gives {gives}{note}: {err}"
+                    ) from None
 
     def outer(self, module: torch.nn.Module) -> Any:
         """What the pipeline calls for ``module``: a compile wrapper around it, or the module."""
@@ -781,13 +774,7 @@ def _controlnet_pre_hook(app: Application, module: Any, args: tuple, kwargs: dic
     """Check the ControlNet's latent size before it runs (it runs before the denoiser)."""
     sample = args[0] if args else kwargs.get("sample")
     if app.active and isinstance(sample, torch.Tensor) and sample.ndim == 4:
-        fh, fw = app.options.factors[-2:]
-        if sample.shape[-2] % fh or sample.shape[-1] % fw:
-            raise ValueError(
-                f"the ControlNet sample has latent size {tuple(sample.shape[-2:])}, which the "
-                f"factors {(fh, fw)} do not divide; choose a height and width whose latent "
-                "size they divide"
-            )
+        check_divisible(sample.shape, app.options.factors[-2:], "the ControlNet sample")
 
 
 def _set(app: Application, pipe: Any, name: str, value: Any) -> None:
