@@ -89,10 +89,10 @@ def discrete_time_fraction(schedule: Any) -> Callable[[torch.Tensor], torch.Tens
     last = len(schedule.sigmas) - 1
 
     def fraction(sigma: torch.Tensor) -> torch.Tensor:
-        """Return the time fraction of each sigma, float64 on the CPU."""
+        """Return the time fraction of each sigma, on the sigmas' own device and dtype."""
         ref = schedule.sigmas
         t = schedule.sigma_to_t(sigma.to(device=ref.device, dtype=ref.dtype))
-        return t.to(device="cpu", dtype=torch.float64) / last
+        return t.to(device=sigma.device, dtype=sigma.dtype) / last
 
     return fraction
 
@@ -169,6 +169,10 @@ class UpsampleGuidedDenoiser(nn.Module):
       (ablation: the low call at σ).
     - ``low_res_inputs(args, kwargs, factors) -> (args, kwargs)``: adapts resolution-dependent
       extra_args for the low-resolution call.
+    - ``device_time``: a sigma on a GPU is ``"read"`` (default: one copy to the host per call,
+      so steps outside the η window make no low call; k-diffusion's samplers read sigmas on the
+      host every step anyway) or ``"compute"`` (no copy: the guidance is computed on the device
+      and the low call made at every step); see :class:`~ug_core.UpsampleGuidance`.
 
     Attributes: ``inner_model``, ``guidance`` (the core :class:`~ug_core.UpsampleGuidance`), and
     :data:`FORWARDED_ATTRIBUTES` read through from the wrapped model's discrete schedule.
@@ -187,6 +191,7 @@ class UpsampleGuidedDenoiser(nn.Module):
         time_matching: str = DEFAULT_TIME_MATCHING,
         fraction: Callable[[torch.Tensor], torch.Tensor] | None = None,
         low_res_inputs: LowResInputs | None = None,
+        device_time: str = "read",
     ) -> None:
         super().__init__()
         if not callable(inner):
@@ -210,6 +215,7 @@ class UpsampleGuidedDenoiser(nn.Module):
             time_matching=time_matching,
             eta=eta,
             below_range=below_range,
+            device_time=device_time,
         )
 
     __getattr__ = _forwarding_getattr
@@ -230,10 +236,17 @@ class UpsampleGuidedDenoiser(nn.Module):
         A plain number ``sigma`` is passed on as a tensor of one sigma per batch element, as the
         k-diffusion samplers pass it (``sigma * s_in``).
         """
+        host_time = None
         if isinstance(sigma, numbers.Real) and not isinstance(sigma, bool):
-            sigma = torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
+            host_time = float(sigma)
+            sigma = torch.full((x.shape[0],), host_time, dtype=x.dtype, device=x.device)
         return self.guidance(
-            self.inner_model, x, sigma, low_res_inputs=self.low_res_inputs, **extra_args
+            self.inner_model,
+            x,
+            sigma,
+            low_res_inputs=self.low_res_inputs,
+            host_time=host_time,
+            **extra_args,
         )
 
 

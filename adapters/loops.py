@@ -80,15 +80,19 @@ def _sample(
                 f"prediction={prediction!r} differs from the guidance's {guidance.prediction!r}"
             )
         prediction = guidance.prediction
-        model = guidance.wrap(model)
     prediction = normalize_prediction(prediction or "epsilon")
     extra_args = extra_args or {}
     x = _initial_noise(shape, noise, generator, dtype, device)
     ts = loop_timesteps(schedule, steps)
+    if guidance is not None:
+        guidance.precompute(ts)  # the loop's times are known on the host: nothing is read back
     ac = schedule.alphas_cumprod
     for i, t in enumerate(tqdm(ts.tolist(), desc=desc, disable=not progress)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        pred = model(x, t_batch, **extra_args)
+        if guidance is None:
+            pred = model(x, t_batch, **extra_args)
+        else:
+            pred = guidance(model, x, t_batch, host_time=t, **extra_args)
         a_t, s_t = ac[t].sqrt().item(), (1 - ac[t]).sqrt().item()
         ac_prev = ac[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
         x0 = prediction_to_x0(pred, x, a_t, s_t, prediction)

@@ -313,3 +313,17 @@ def test_help_does_not_import_torch():
     )  # fmt: skip
     assert proc.returncode == 0 and "--factor" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "torch not imported"
+
+
+def test_comfyui_install(tmp_path, capsys):
+    from ug_core.cli import main
+
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "custom_nodes").mkdir(parents=True)
+    assert main(["comfyui-install", str(comfy)]) == 0
+    node = comfy / "custom_nodes" / "upsample_guidance.py"
+    assert "from ug_core.adapters.comfyui import NODE_CLASS_MAPPINGS" in node.read_text()
+    assert str(node) in capsys.readouterr().out
+    assert main(["comfyui-install", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a directory" in err and err.count("\n") == 2  # usage line + one message

@@ -173,3 +173,24 @@ def test_device_time_read_copies_the_time_and_skips_the_call(device_path):
     assert torch.equal(out.as_subclass(torch.Tensor), Model()(x, torch.tensor([100, 100])))
     with pytest.raises(ValueError, match=r"device_time must be one of \('compute', 'read'\)"):
         UpsampleGuidance(SD, device_time="sync")
+
+
+def test_the_raw_loops_give_the_core_their_host_times(monkeypatch):
+    """The loops know their timesteps on the host: every guided call gets them (no read)."""
+    from ug_core.adapters.loops import sample_ddim
+
+    monkeypatch.setattr(guidance_module, "_host_readable", lambda t: False)  # as on a GPU
+    seen = []
+    prepare = UpsampleGuidance.prepare
+
+    def spy(self, x, t, *, host_time=None):
+        seen.append(host_time)
+        return prepare(self, x, t, host_time=host_time)
+
+    monkeypatch.setattr(UpsampleGuidance, "prepare", spy)
+    guide = UpsampleGuidance(SD, (2, 2), scale=1.0, eta=0.6)
+    fn, calls = counting(Model(dtype=torch.float32))
+    sample_ddim(fn, SD, 5, torch.Generator().manual_seed(0), guide, shape=(1, 3, 8, 8),
+                progress=False)  # fmt: skip
+    assert len(seen) == 5 and all(isinstance(h, int) for h in seen)
+    assert len(calls) == 5 + 3  # the timesteps 999, 749, 500 are in the window, 250 and 0 not

@@ -196,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="torch device (default cpu)")
     s.add_argument("--threads", type=_positive_int("--threads"), help="torch CPU threads")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    c = sub.add_parser(
+        "comfyui-install",
+        help="add the Upsample Guidance node to a ComfyUI installation",
+        description=(
+            "Write the one-line custom node file (custom_nodes/upsample_guidance.py) that loads "
+            "the Upsample Guidance node from this package; install the package into ComfyUI's "
+            "Python first (pip install -e /path/to/upsample-guidance)."
+        ),
+    )
+    c.add_argument("path", metavar="PATH", help="ComfyUI's folder, or its custom_nodes folder")
     return parser
 
 
@@ -569,6 +579,20 @@ def _sample_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comfyui_install(args: argparse.Namespace, sub: argparse.ArgumentParser) -> int:
+    """``ug comfyui-install PATH``: write the custom node file; exit 2 for a bad path."""
+    from .adapters.comfyui import install_custom_node
+
+    try:
+        path = install_custom_node(args.path)
+    except (TypeError, ValueError) as err:
+        sub.print_usage(sys.stderr)
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}: restart ComfyUI, then add the node 'Upsample Guidance'")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ug`` command; returns the exit status (0 ok, 1 error, 2 usage error)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -578,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse printed the message (or --help / --version)
         return int(exc.code or 0)
     sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    if args.command == "comfyui-install":
+        return _comfyui_install(args, sub)
     try:
         out = Path(args.out) if args.out else _new_out_dir()
         _check_out(out, given=bool(args.out))  # before torch is imported or anything is sampled
