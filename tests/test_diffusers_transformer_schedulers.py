@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import ug_core.guidance as guidance_module
 from diffusers_models import ForwardRecorder
 from diffusers_transformers import (
     cogvideox_call_kwargs,
@@ -22,6 +21,8 @@ from diffusers_transformers import (
     wan_call_kwargs,
 )
 from ug_core.adapters.diffusers import apply_upsample_guidance
+
+import ug_core.guidance as guidance_module
 
 
 def flow_heun(pipe):
