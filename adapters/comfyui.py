@@ -1,37 +1,15 @@
-"""Upsample guidance as a ComfyUI node, "Upsample Guidance", that patches a ``MODEL`` (ug-math §12).
+"""Upsample guidance as a ComfyUI node, "Upsample Guidance", that patches a ``MODEL``.
 
-ComfyUI loads it through a one-line file in ``custom_nodes/`` (:func:`install_custom_node`)::
-
-    from ug_core.adapters.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-
-The node returns ``model.clone()`` with one wrapper added (the input model is never modified):
-
-- an ``APPLY_MODEL`` wrapper (``comfy.patcher_extension.WrappersMP``), added with
-  ``ModelPatcher.add_wrapper_with_key`` where the running ComfyUI has it: it composes with other
-  wrappers and patches;
-- otherwise ``set_model_unet_function_wrapper`` (older ComfyUI), chained to a
-  ``model_function_wrapper`` already set; a node that sets one *after* ours replaces it.
-
-What the wrapper sees (``comfy/model_base.py``, ``BaseModel.apply_model``): the noisy sample ``x``
-in the sampler's space, the time as sigma (one per batch element), ``c_concat``, ``c_crossattn``,
-``control``, ``transformer_options`` and the model's extra conditioning (``y``, ``guidance``, ...);
-it returns the denoised x0 estimate. The guidance is applied there, in denoised space, with the
-core's time and power matching (the k-diffusion adapter does the same):
-
-- EPS, V_PREDICTION (and EDM, X0): ``x = x0 + σ·n``: the low call gets ``D[x]`` unscaled at
-  ``σ/√k`` (:class:`~ug_core.SigmaSchedule`; below ``sigma_min`` it is clamped);
-- CONST (rectified flow: SD3, Flux, Wan, ...): ``x = (1 − σ)·x0 + σ·n``: the low call gets
-  ``c·D[x]`` at ``σ' = σ/(σ + √k(1 − σ))`` (:class:`~ug_core.FlowSchedule`).
-
-The cond and uncond halves go through one low-resolution call, and none is made where w = 0 (the
-model's own output is then returned unchanged). The low call's other inputs: ControlNet residual
-lists pooled (each call gets lists of its own: the model pops them), ``c_concat`` block-averaged,
-SDXL's size conditioning in ``y`` rewritten for the low-resolution image, Flux's ``guidance``
-unchanged. Read from ComfyUI's sources (Comfy-Org/ComfyUI, ``comfy/samplers.py`` @ e0d4ea77,
-``comfy/patcher_extension.py`` @ 06ce62de, ``comfy/model_base.py`` @ 003617c4,
-``comfy/model_sampling.py`` @ 2fd20839); the reasons are in ``docs/comfyui.md``.
-
-Importing this module imports nothing from ComfyUI; ``comfy`` is imported only inside the node.
+ComfyUI loads it through a one-line file in ``custom_nodes/`` (:func:`install_custom_node`, or
+``ug comfyui-install PATH``). The node returns ``model.clone()`` with an ``APPLY_MODEL`` wrapper
+(``add_wrapper_with_key``) where the running ComfyUI has composable wrappers, else a
+``model_function_wrapper``. The wrapper sees the noisy sample in the sampler's space and sigma,
+and returns the denoised x0 estimate; the guidance is applied there with the core's time and power
+matching: EPS, V_PREDICTION, EDM and X0 models in sigma form (``x = x0 + σ·n``, the low call at
+``σ/√k``), CONST models in rectified-flow form. One low call for the whole cond + uncond batch;
+ControlNet residuals, ``c_concat`` and SDXL's size conditioning adapted for it. Which ComfyUI
+sources it follows, the conflicts and the reasons: ``docs/comfyui.md``. Importing this module
+imports nothing from ComfyUI.
 """
 
 from __future__ import annotations

@@ -165,24 +165,12 @@ class UpsampleGuidance:
     ``"off"`` (ablation). ``match_power=False`` drops the 1/√P input scale (ablation only).
     ``below_range`` is one of :data:`BELOW_RANGE`.
 
-    The low-resolution prediction is read at the coefficients its input actually has,
-    ``(c·a(t), c·s(t)/√k)``; with ``"nearest"`` or a clamped τ these differ slightly from τ's, and
-    reading them this way makes the ε form exactly the paper's Eq. 10.
-
-    **No host synchronisation.** A time the host can read for free (a number, a CPU tensor, or
-    ``host_time`` given by an adapter that knows it) takes the host path: the schedule maths runs
-    in float64 on the CPU and the low call is skipped where w = 0. A time on an accelerator with
-    no ``host_time`` takes the device path: the same maths runs on the device and nothing is read
-    back. Where w is the same at every time (a constant scale with ``eta=1``) that costs nothing
-    more; otherwise ``device_time`` (one of :data:`DEVICE_TIME`) chooses between making the low
-    call at every step (``"compute"``, the default; elements with w = 0 keep the plain
-    prediction bit for bit) and reading the time once per call (``"read"``). A callable scale
-    (other than :func:`~ug_core.step_scale`) and ``below_range="error"`` always read it.
-
-    **Branch-parallel.** ``branch_parallel`` (a :class:`~ug_core.branch.BranchParallel`, or a
-    ``torch.distributed`` group of two processes) makes the low-resolution call on the other
-    process at the same time as the high one: both processes run the same loop and call the
-    guided model alike; the high process makes no low call and the low process no high call.
+    ``device_time`` (one of :data:`DEVICE_TIME`) is what a time on an accelerator does when no
+    ``host_time`` is given and w depends on it. ``branch_parallel`` (a
+    :class:`~ug_core.branch.BranchParallel` or a ``torch.distributed`` group of two) makes the
+    low-resolution call on the other process. The low-resolution prediction is read at its
+    input's actual coefficients ``(c·a(t), c·s(t)/√k)``. Why, and how the host and device paths
+    work: ``docs/design.md``.
 
     Example::
 
