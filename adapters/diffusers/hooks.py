@@ -190,15 +190,15 @@ class SchedulerClock:
 
     def __init__(self) -> None:
         self._ref: Any = None
-        self._host: torch.Tensor | None = None
+        self._host: list[float] | None = None
 
-    def prefetch(self, scheduler: Any) -> torch.Tensor | None:
-        """The scheduler's timesteps on the host, float64 (copied once per set_timesteps)."""
+    def prefetch(self, scheduler: Any) -> list[float] | None:
+        """The scheduler's timesteps on the host (copied once per ``set_timesteps``)."""
         ts = getattr(scheduler, "timesteps", None)
         if not isinstance(ts, torch.Tensor) or ts.ndim != 1:
             return None
         if self._ref is None or self._ref() is not ts:
-            self._host = ts.detach().to(device="cpu", dtype=torch.float64)
+            self._host = ts.detach().to(device="cpu", dtype=torch.float64).tolist()
             self._ref = weakref.ref(ts)
         return self._host
 
@@ -229,9 +229,9 @@ class SchedulerClock:
         if index is None:
             return None
         host = self.prefetch(scheduler)
-        if host is None or not 0 <= index < host.numel():
+        if host is None or not 0 <= index < len(host):
             return None
-        return float(host[index])
+        return host[index]
 
 
 class Application:
@@ -296,7 +296,7 @@ class Application:
             guide = self.guidance(module, family, self.options.grid_factors(family))
             if guide.never_on:
                 continue
-            times = [family.model_time(float(v), module) for v in host.tolist()]
+            times = [family.model_time(v, module) for v in host]
             try:
                 guide.precompute(times)
             except ValueError:
