@@ -200,6 +200,14 @@ class GuidedDenoiser:
     denoiser gets in a diffusers loop (e.g. ``scheduler.scale_model_input(x, t)`` at the
     scheduler's timestep ``t``). The time is read on the host from ``scheduler`` (its timesteps
     are copied once per ``set_timesteps``, at the first call after it).
+
+    Example::
+
+        guided = guided_denoiser(unet, scheduler, factors=(2, 2), scale=1.0, eta=0.6)
+        for t in scheduler.timesteps:
+            x_in = scheduler.scale_model_input(torch.cat([x] * 2), t)
+            eps = guided(x_in, t, encoder_hidden_states=embeds).sample
+            ...
     """
 
     def __init__(
@@ -300,41 +308,9 @@ class GuidedDenoiser:
         return output if guided is None else guided
 
 
-def guided_denoiser(
-    denoiser: torch.nn.Module,
-    scheduler: Any,
-    factors: Sequence[int] = (2, 2),
-    scale: ScaleLike = 1.0,
-    *,
-    eta: float = 1.0,
-    time_matching: str = "nearest",
-    below_range: str = "clamp",
-    micro_conditioning: str = "low",
-    sdxl_micro_conditioning: str | None = None,
-) -> GuidedDenoiser:
-    """A :class:`GuidedDenoiser`: ``denoiser`` with upsample guidance, called like it.
-
-    Example::
-
-        guided = guided_denoiser(unet, scheduler, factors=(2, 2), scale=1.0, eta=0.6)
-        for t in scheduler.timesteps:
-            x_in = scheduler.scale_model_input(torch.cat([x] * 2), t)
-            eps = guided(x_in, t, encoder_hidden_states=embeds).sample
-            ...
-    """
-    return GuidedDenoiser(
-        denoiser,
-        scheduler,
-        factors,
-        scale,
-        eta=eta,
-        time_matching=time_matching,
-        below_range=below_range,
-        micro_conditioning=micro_conditioning,
-        sdxl_micro_conditioning=sdxl_micro_conditioning,
-    )
-
-
-#: The old names, kept: ``guided_unet`` wraps any supported denoiser, a transformer too.
-guided_unet = guided_denoiser
+#: ``guided_denoiser(denoiser, scheduler, factors, scale, eta=...)`` builds a
+#: :class:`GuidedDenoiser`; ``guided_unet`` and ``GuidedUNet`` are its old names (they wrap any
+#: supported denoiser, a transformer too).
+guided_denoiser = GuidedDenoiser
+guided_unet = GuidedDenoiser
 GuidedUNet = GuidedDenoiser
