@@ -186,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument("--seed", type=_positive_int("--seed", 0), default=0, help="first seed")
     s.add_argument(
-        "--batch-size", type=_positive_int("--batch-size"), default=1, metavar="B",
-        help="samples per model call (default 1): batches of B consecutive seeds, the same "
+        "--batch-size", type=_positive_int("--batch-size"), default=4, metavar="B",
+        help="samples per model call (default 4): batches of B consecutive seeds, the same "
         "batches under torchrun or accelerate launch, which share them among the processes",
     )  # fmt: skip
     s.add_argument(
@@ -571,6 +571,9 @@ def _run(job: _Job, args: argparse.Namespace, ranks: _Ranks) -> int:
     mine = batches[ranks.rank :: ranks.world]
     if ranks.main:
         shared = f", {len(batches)} batches over {ranks.world} processes" if ranks.world > 1 else ""
+        idle = ranks.world - len(batches)
+        if idle > 0:
+            shared += f" ({idle} without a batch: a smaller --batch-size shares the seeds)"
         print(job.header + shared)
     progress = ranks.main and not args.no_progress  # rank 0's bars show its share
     columns = _gather(ranks, mine, _together(ranks, lambda: job.sample(mine, progress)))
