@@ -14,7 +14,14 @@ metrics::
 
 Errors (bad paths, unknown options, factors that don't divide the size) print one line on stderr
 and exit with status 2 (usage) or 1 (anything else), without a traceback. Arguments and ``--out``
-are checked before torch is imported or anything is sampled.
+are checked before torch is imported or anything is sampled. The files are written into a hidden
+temporary folder and moved into ``--out`` once complete.
+
+Under ``torchrun`` or ``accelerate launch`` the processes share the seeds, in the same batches of
+``--batch-size`` consecutive seeds as one process, and rank 0 gathers them and writes the same
+files, byte for byte, as one process (docs/design.md, "Many processes")::
+
+    torchrun --nproc_per_node=2 -m ug_core.cli sample --num-samples 64 --batch-size 8
 """
 
 from __future__ import annotations
