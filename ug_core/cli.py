@@ -455,11 +455,10 @@ def _start_ranks(launch: tuple[int, int, int] | None, device: str) -> tuple[_Ran
         return _Ranks(), device
     if not dist.is_available():
         raise UsageError("this torch build has no torch.distributed: run ug without a launcher")
-    rank, world, local = launch
     cuda = torch.device(device).type == "cuda"
     if cuda and torch.cuda.is_available():
         if device == "cuda":
-            device = f"cuda:{local % torch.cuda.device_count()}"
+            device = f"cuda:{launch[2] % torch.cuda.device_count()}"
         torch.cuda.set_device(torch.device(device))
     # The collectives wait for the slowest process's sampling (hours for a large run); a process
     # that dies closes its connections, and the launcher stops the others.
