@@ -14,7 +14,14 @@ metrics::
 
 Errors (bad paths, unknown options, factors that don't divide the size) print one line on stderr
 and exit with status 2 (usage) or 1 (anything else), without a traceback. Arguments and ``--out``
-are checked before torch is imported or anything is sampled.
+are checked before torch is imported or anything is sampled. The files are written into a hidden
+temporary folder and moved into ``--out`` once complete.
+
+Under ``torchrun`` or ``accelerate launch`` the processes share the seeds, in the same batches of
+``--batch-size`` consecutive seeds as one process, and rank 0 gathers them and writes the same
+files, byte for byte, as one process (docs/design.md, "Many processes")::
+
+    torchrun --nproc_per_node=2 -m ug_core.cli sample --num-samples 64 --batch-size 8
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=_positive_int("--steps"), default=None,
         help="sampling steps (default 30 for the shapes model, 25 for a pipeline)",
     )  # fmt: skip
-    s.add_argument("--n", type=_positive_int("--n"), default=4, help="number of seeds (default 4)")
+    s.add_argument(
+        "--n", "--num-samples", dest="n", type=_positive_int("--n"), default=4, metavar="N",
+        help="number of seeds (default 4); spell it --num-samples under torchrun, whose own "
+        "parser takes --n for an abbreviation of its options",
+    )  # fmt: skip
     s.add_argument("--seed", type=_positive_int("--seed", 0), default=0, help="first seed")
+    s.add_argument(
+        "--batch-size", type=_positive_int("--batch-size"), default=4, metavar="B",
+        help="samples per model call (default 4): batches of B consecutive seeds, the same "
+        "batches under torchrun or accelerate launch, which share them among the processes",
+    )  # fmt: skip
     s.add_argument(
         "--cfg", type=_float("--cfg", 0.0), default=None,
         help="classifier-free guidance scale (default 2 for a class-conditional model with a "
@@ -365,8 +382,227 @@ def _class_names(model: Any, labels: Any) -> list[str] | None:
     return names
 
 
-def _sample_unet(args: argparse.Namespace) -> int:
+def _chunks(n: int, batch: int) -> list[tuple[int, int]]:
+    """Samples ``0 … n-1`` as (start, stop) batches of ``batch`` consecutive ones."""
+    return [(a, min(a + batch, n)) for a in range(0, n, batch)]
+
+
+@dataclass(frozen=True)
+class _Ranks:
+    """The rank of this process among the launched ones, and their number (1 without a launch).
+
+    ``owned``: this process started ``torch.distributed``, so it ends it too.
+    """
+
+    rank: int = 0
+    world: int = 1
+    owned: bool = False
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0, the process that gathers the samples and writes the files."""
+        return self.rank == 0
+
+
+class _PeerFailed(Exception):
+    """Another process of the launch failed; this one stops with the same exit status."""
+
+    def __init__(self, rank: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.rank, self.code, self.message = rank, code, message
+
+
+def _launch_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) as torchrun and accelerate launch set them; None without."""
+    env = os.environ
+    if "WORLD_SIZE" not in env:
+        return None
+    names = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+    found = ", ".join(f"{k}={env.get(k)!r}" for k in names)
+    try:
+        world, rank = int(env["WORLD_SIZE"]), int(env.get("RANK", ""))
+        local = int(env.get("LOCAL_RANK", rank))
+    except ValueError:
+        raise UsageError(
+            f"a launch needs integer WORLD_SIZE, RANK and LOCAL_RANK, got {found}"
+        ) from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise UsageError(f"a launch needs WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE, got {found}")
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if world > 1 and not env.get(k)]
+    if missing:
+        raise UsageError(
+            f"WORLD_SIZE={world} but no {' and no '.join(missing)}: start the processes with "
+            "torchrun or accelerate launch"
+        )
+    return rank, world, local
+
+
+def _start_ranks(launch: tuple[int, int, int] | None, device: str) -> tuple[_Ranks, str]:
+    """Join the launch's process group; returns (ranks, this process's device).
+
+    The group is gloo on the CPU, and NCCL for CUDA tensors with gloo for the gathered samples
+    when ``device`` is a GPU; ``--device cuda`` becomes ``cuda:(LOCAL_RANK mod GPUs)``. A group
+    that the calling program started already is used as it is.
+    """
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return _Ranks(dist.get_rank(), dist.get_world_size()), device
+    if launch is None or launch[1] == 1:
+        return _Ranks(), device
+    if not dist.is_available():
+        raise UsageError("this torch build has no torch.distributed: run ug without a launcher")
+    cuda = torch.device(device).type == "cuda"
+    if cuda and torch.cuda.is_available():
+        if device == "cuda":
+            device = f"cuda:{launch[2] % torch.cuda.device_count()}"
+        torch.cuda.set_device(torch.device(device))
+    # The collectives wait for the slowest process's sampling (hours for a large run); a process
+    # that dies closes its connections, and the launcher stops the others.
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timedelta(hours=24))
+    return _Ranks(dist.get_rank(), dist.get_world_size(), owned=True), device
+
+
+def _stop_ranks(ranks: _Ranks) -> None:
+    """Leave the process group if this process started it."""
+    if ranks.owned:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def _together(ranks: _Ranks, step: Callable[[], Any]) -> Any:
+    """``step()`` on every process; if it fails on any, every process stops (none waits forever).
+
+    The failing process raises its own error; the others raise :class:`_PeerFailed` with its
+    exit status (2 for a usage error, 1 otherwise) and message.
+    """
+    if ranks.world == 1:
+        return step()
+    import torch.distributed as dist
+
+    value, failure, error = None, None, None
+    try:
+        value = step()
+    except UsageError as err:
+        failure, error = (2, str(err)), err
+    except Exception as err:
+        failure, error = (1, f"{type(err).__name__}: {err}"), err
+    failures: list[Any] = [None] * ranks.world
+    dist.all_gather_object(failures, failure)
+    if error is not None:
+        raise error
+    for rank, failed in enumerate(failures):
+        if failed is not None:
+            raise _PeerFailed(rank, *failed)
+    return value
+
+
+def _gather(
+    ranks: _Ranks, chunks: list[tuple[int, int]], columns: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Rank 0: every process's samples, in sample order; the other ranks: None."""
+    if ranks.world == 1:
+        return columns
+    import torch
+    import torch.distributed as dist
+
+    parts: list[Any] | None = [None] * ranks.world if ranks.main else None
+    dist.gather_object((chunks, columns), parts, dst=0)
+    if parts is None:
+        return None
+    parts = [(c, cols) for c, cols in parts if c]  # a process may have had no batch
+    order = [i for c, _ in parts for a, b in c for i in range(a, b)]
+    position = torch.tensor(sorted(range(len(order)), key=order.__getitem__))
+    return {key: torch.cat([cols[key] for _, cols in parts])[position] for key in parts[0][1]}
+
+
+def _write_atomically(out: Path, write: Callable[[Path], None]) -> None:
+    """``write(folder)`` into a hidden temporary folder, moved into place once it is complete.
+
+    A new ``out`` is the temporary folder (``.<name>.partial-*`` beside it) renamed: it exists
+    complete or not at all. Into an existing ``out`` (from ``.ug.partial-*`` inside it) each file
+    replaces the one of the same name, ``metrics.json`` last; other files are left alone. A
+    failure removes the temporary folder; a killed process leaves it, hidden and named partial.
+    """
+    import shutil
+    import uuid
+
+    fresh = not out.exists()
+    home = out.absolute().parent if fresh else out
+    home.mkdir(parents=True, exist_ok=True)
+    name = out.absolute().name if fresh else "ug"
+    tmp = home / f".{name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if fresh:
+            os.rename(tmp, out)
+            return
+        files = sorted(tmp.iterdir(), key=lambda p: (p.name == "metrics.json", p.name))
+        for path in files:
+            os.replace(path, out / path.name)
+        tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@dataclass
+class _Job:
+    """A ``ug sample`` run, split so that the processes of a launch can share the samples.
+
+    ``sample(batches, progress)`` samples the given (start, stop) batches of samples (sample
+    ``i`` from seed ``--seed + i``) and returns each column, (samples, C, H, W) in [-1, 1] ({}
+    for no batch); ``write(columns, folder)`` writes the PNGs, the grid and metrics.json from
+    every sample's columns, in sample order, and prints the metrics.
+    """
+
+    n: int
+    header: str
+    sample: Callable[[list[tuple[int, int]], bool], dict[str, Any]]
+    write: Callable[[dict[str, Any], Path], None]
+
+
+def _run(job: _Job, args: argparse.Namespace, ranks: _Ranks) -> int:
+    """Sample this process's batches; rank 0 gathers every sample and writes the files.
+
+    The batches are the same for any number of processes (process ``r`` samples every
+    ``world``-th from batch ``r``), so the files are the same too.
+    """
+    batches = _chunks(job.n, args.batch_size)
+    mine = batches[ranks.rank :: ranks.world]
+    if ranks.main:
+        shared = f", {len(batches)} batches over {ranks.world} processes" if ranks.world > 1 else ""
+        idle = ranks.world - len(batches)
+        if idle > 0:
+            shared += f" ({idle} without a batch: a smaller --batch-size shares the seeds)"
+        print(job.header + shared)
+    progress = ranks.main and not args.no_progress  # rank 0's bars show its share
+    columns = _gather(ranks, mine, _together(ranks, lambda: job.sample(mine, progress)))
+
+    def write_on_rank_0() -> None:
+        if ranks.main:
+            _write_atomically(args.out_path, lambda folder: job.write(columns, folder))
+
+    _together(ranks, write_on_rank_0)
+    if ranks.main:
+        out = args.out_path
+        print(f"\nwrote {job.n * 3} PNGs, {out / 'grid.png'} and metrics.json to {out}/")
+    return 0
+
+
+def _sample_unet(args: argparse.Namespace, ranks: _Ranks) -> int:
     """``ug sample`` for the embedded model or a UNet2DModel / DDPMPipeline folder."""
+    return _run(_together(ranks, lambda: _unet_job(args)), args, ranks)
+
+
+def _unet_job(args: argparse.Namespace) -> _Job:
+    """Load and check the model and the options; the job that samples and writes."""
+    import torch
     import torch.nn.functional as F
 
     from .demo import metrics, shapes
@@ -394,87 +630,99 @@ def _sample_unet(args: argparse.Namespace) -> int:
         raise UsageError(f"--cfg {cfg} needs a class-conditional model with a null class")
     labels = _labels_for(model, args, args.n)
     channels = model.unet.config.in_channels
-    noise = initial_noise(args.n, size, args.seed, channels)
-    common = dict(
-        seed=args.seed, steps=steps, labels=labels, cfg=cfg, progress=not args.no_progress
-    )
     name = "embedded shapes32 model" if args.model is None else args.model
-    print(
+    header = (
         f"{name}: trained {trained[0]}x{trained[1]}, sampling {size[0]}x{size[1]} "
         f"(factor {fh}x{fw}), {args.n} seeds from {args.seed}, {steps} DDIM steps, "
         f"UG scale {args.scale} eta {args.eta}" + (f", CFG {cfg}" if model.conditional else "")
     )
-    naive = generate(model, args.n, size, noise=noise, desc="naive", **common)
-    try:
-        ug = generate(
-            model, args.n, size, noise=noise, factors=args.factor, scale=args.scale,
-            eta=args.eta, desc="UG", **common,
+
+    def sample(batches: list[tuple[int, int]], progress: bool) -> dict[str, Any]:
+        """Each sample's x_T from its own seed (and the trained size's from it), per batch."""
+        index = [i for a, b in batches for i in range(a, b)]
+        if not index:
+            return {}
+        high = [initial_noise(b - a, size, args.seed + a, channels) for a, b in batches]
+        noise = torch.cat(high)
+        small_noise = torch.cat([low_res_noise(x, args.factor) for x in high])
+        common = dict(
+            seed=args.seed, steps=steps, labels=None if labels is None else labels[index],
+            cfg=cfg, progress=progress, batch_size=args.batch_size,
         )  # fmt: skip
-    except (TypeError, ValueError) as err:
-        raise UsageError(str(err)) from None
-    small = generate(
-        model, args.n, low, noise=low_res_noise(noise, args.factor), desc="trained size", **common
-    )
-    up = F.interpolate(small, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
-    columns = {"naive": naive, "UG": ug, "bicubic": up}
-    seeds = list(range(args.seed, args.seed + args.n))
-    classes = _class_names(model, labels)
-    row_labels = [
-        f"seed {seed}" + (f"\n{c}" if c is not None else "")
-        for seed, c in zip(seeds, classes or [None] * len(seeds), strict=True)
-    ]
-    title = f"{size[0]}x{size[1]}, factor {fh}x{fw}, UG scale {args.scale}, eta {args.eta}"
-    grid = _save_outputs(args.out_path, columns, seeds, row_labels, title)
-    result: dict[str, Any] = {
-        "model": name,
-        "trained_size": list(trained),
-        "size": list(size),
-        "factor": [fh, fw],
-        "scale": args.scale,
-        "eta": args.eta,
-        "steps": steps,
-        "cfg": cfg,
-        "seeds": seeds,
-    }
-    if classes is not None:
-        result["classes"] = classes
-    rows: dict[str, dict[str, float]] = {}
-    if is_shapes and channels == 3:
-        truth = shapes.render(shapes.sample_params(256, 10**6), size)
-        ref_counts, ref_areas = metrics.count_objects(truth)
-        for key, images in columns.items():
-            counts, areas = metrics.count_objects(images)
-            rows[key] = {
-                "one_object": float((counts == 1).mean()),
-                "mean_objects": float(counts.mean()),
-                "mean_area": float(areas.mean()),
-                "size_w1": metrics.size_distance(areas, ref_areas),
-            }
-        rows["ground truth"] = {
-            "one_object": float((ref_counts == 1).mean()),
-            "mean_objects": float(ref_counts.mean()),
-            "mean_area": float(ref_areas.mean()),
-            "size_w1": 0.0,
+        naive = generate(model, len(index), size, noise=noise, desc="naive", **common)
+        try:
+            ug = generate(
+                model, len(index), size, noise=noise, factors=args.factor, scale=args.scale,
+                eta=args.eta, desc="UG", **common,
+            )  # fmt: skip
+        except (TypeError, ValueError) as err:
+            raise UsageError(str(err)) from None
+        small = generate(model, len(index), low, noise=small_noise, desc="trained size", **common)
+        return {"naive": naive, "UG": ug, "small": small}
+
+    def write(samples: dict[str, Any], folder: Path) -> None:
+        """The PNGs, the grid, the metrics (printed too) and metrics.json."""
+        up = F.interpolate(samples["small"], size=size, mode="bicubic", align_corners=False)
+        columns = {"naive": samples["naive"], "UG": samples["UG"], "bicubic": up.clamp(-1, 1)}
+        seeds = list(range(args.seed, args.seed + args.n))
+        classes = _class_names(model, labels)
+        row_labels = [
+            f"seed {seed}" + (f"\n{c}" if c is not None else "")
+            for seed, c in zip(seeds, classes or [None] * len(seeds), strict=True)
+        ]
+        title = f"{size[0]}x{size[1]}, factor {fh}x{fw}, UG scale {args.scale}, eta {args.eta}"
+        _save_outputs(folder, columns, seeds, row_labels, title)
+        result: dict[str, Any] = {
+            "model": name,
+            "trained_size": list(trained),
+            "size": list(size),
+            "factor": [fh, fw],
+            "scale": args.scale,
+            "eta": args.eta,
+            "steps": steps,
+            "cfg": cfg,
+            "batch_size": args.batch_size,
+            "seeds": seeds,
         }
-        result["metrics"] = rows
-        print()
-        _print_table(
-            rows,
-            [
-                ("one_object", "one object"),
-                ("mean_objects", "mean objects"),
-                ("mean_area", "object area"),
-                ("size_w1", "size W1"),
-            ],
-        )
-        print(
-            "(one object: fraction of samples with exactly one shape; object area: largest "
-            "shape's area / image area; size W1: Wasserstein-1 distance of that area's "
-            f"distribution to ground truth rendered at {size[0]}x{size[1]})"
-        )
-    (args.out_path / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.n * 3} PNGs, {grid} and metrics.json to {args.out_path}/")
-    return 0
+        if classes is not None:
+            result["classes"] = classes
+        rows: dict[str, dict[str, float]] = {}
+        if is_shapes and channels == 3:
+            truth = shapes.render(shapes.sample_params(256, 10**6), size)
+            ref_counts, ref_areas = metrics.count_objects(truth)
+            for key, images in columns.items():
+                counts, areas = metrics.count_objects(images)
+                rows[key] = {
+                    "one_object": float((counts == 1).mean()),
+                    "mean_objects": float(counts.mean()),
+                    "mean_area": float(areas.mean()),
+                    "size_w1": metrics.size_distance(areas, ref_areas),
+                }
+            rows["ground truth"] = {
+                "one_object": float((ref_counts == 1).mean()),
+                "mean_objects": float(ref_counts.mean()),
+                "mean_area": float(ref_areas.mean()),
+                "size_w1": 0.0,
+            }
+            result["metrics"] = rows
+            print()
+            _print_table(
+                rows,
+                [
+                    ("one_object", "one object"),
+                    ("mean_objects", "mean objects"),
+                    ("mean_area", "object area"),
+                    ("size_w1", "size W1"),
+                ],
+            )
+            print(
+                "(one object: fraction of samples with exactly one shape; object area: largest "
+                "shape's area / image area; size W1: Wasserstein-1 distance of that area's "
+                f"distribution to ground truth rendered at {size[0]}x{size[1]})"
+            )
+        (folder / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    return _Job(args.n, header, sample, write)
 
 
 def _load_pipeline(path: str, device: str) -> Any:
@@ -510,8 +758,13 @@ def _load_pipeline(path: str, device: str) -> Any:
     return pipe.to(device)
 
 
-def _sample_pipeline(args: argparse.Namespace) -> int:
+def _sample_pipeline(args: argparse.Namespace, ranks: _Ranks) -> int:
     """``ug sample --pipeline PATH --prompt TEXT``: a Stable Diffusion-style pipeline."""
+    return _run(_together(ranks, lambda: _pipeline_job(args)), args, ranks)
+
+
+def _pipeline_job(args: argparse.Namespace) -> _Job:
+    """Load and check the pipeline and the options; the job that samples and writes."""
     import torch
     import torch.nn.functional as F
 
@@ -522,7 +775,6 @@ def _sample_pipeline(args: argparse.Namespace) -> int:
     if args.class_name is not None:
         raise UsageError("--class applies to class-conditional UNet models, not to --pipeline")
     pipe = _load_pipeline(args.pipeline, args.device)
-    pipe.set_progress_bar_config(disable=args.no_progress)
     vae = int(getattr(pipe, "vae_scale_factor", 8))
     latent = pipe.unet.config.sample_size
     latent = (latent, latent) if isinstance(latent, int) else tuple(latent)
@@ -537,46 +789,60 @@ def _sample_pipeline(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = dict(num_inference_steps=steps, output_type="pt")
     if args.cfg is not None:
         kwargs["guidance_scale"] = args.cfg
-    seeds = list(range(args.seed, args.seed + args.n))
-    prompts = [args.prompt] * args.n
-
-    def run(height: int, width: int) -> torch.Tensor:
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        out = pipe(prompts, height=height, width=width, generator=gens, **kwargs).images
-        return torch.as_tensor(out).float().cpu() * 2 - 1
-
-    print(
+    header = (
         f"{args.pipeline}: trained {trained[0]}x{trained[1]}, sampling {size[0]}x{size[1]} "
         f"(factor {fh}x{fw}), {args.n} seeds from {args.seed}, {steps} steps, UG scale "
         f"{args.scale} eta {args.eta}, prompt {args.prompt!r}"
     )
-    naive = run(*size)
-    try:
-        apply_upsample_guidance(pipe, args.factor, args.scale, eta=args.eta)
-    except (TypeError, ValueError) as err:
-        raise UsageError(str(err)) from None
-    try:
-        ug = run(*size)
-    finally:
-        remove_upsample_guidance(pipe)
-    up = F.interpolate(run(*low), size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
-    columns = {"naive": naive, "UG": ug, "bicubic": up}
-    title = f"{size[0]}x{size[1]}, factor {fh}x{fw}, UG scale {args.scale}, eta {args.eta}"
-    grid = _save_outputs(args.out_path, columns, seeds, [f"seed {s}" for s in seeds], title)
-    result = {
-        "pipeline": args.pipeline,
-        "prompt": args.prompt,
-        "trained_size": list(trained),
-        "size": list(size),
-        "factor": [fh, fw],
-        "scale": args.scale,
-        "eta": args.eta,
-        "steps": steps,
-        "seeds": seeds,
-    }
-    (args.out_path / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.n * 3} PNGs, {grid} and metrics.json to {args.out_path}/")
-    return 0
+
+    def run(batches: list[tuple[int, int]], height: int, width: int) -> torch.Tensor:
+        """One pipeline call per batch, each sample's latents from its own seed's generator."""
+        out = []
+        for a, b in batches:
+            gens = [torch.Generator().manual_seed(args.seed + i) for i in range(a, b)]
+            images = pipe([args.prompt] * (b - a), height=height, width=width, generator=gens,
+                          **kwargs).images  # fmt: skip
+            out.append(torch.as_tensor(images).float().cpu() * 2 - 1)
+        return torch.cat(out)
+
+    def sample(batches: list[tuple[int, int]], progress: bool) -> dict[str, Any]:
+        """Naive, UG and trained size for the given batches."""
+        pipe.set_progress_bar_config(disable=not progress)
+        naive = run(batches, *size) if batches else None
+        try:  # also without a batch, so that every process checks the options alike
+            apply_upsample_guidance(pipe, args.factor, args.scale, eta=args.eta)
+        except (TypeError, ValueError) as err:
+            raise UsageError(str(err)) from None
+        try:
+            ug = run(batches, *size) if batches else None
+        finally:
+            remove_upsample_guidance(pipe)
+        if not batches:
+            return {}
+        return {"naive": naive, "UG": ug, "small": run(batches, *low)}
+
+    def write(samples: dict[str, Any], folder: Path) -> None:
+        """The PNGs, the grid and metrics.json."""
+        up = F.interpolate(samples["small"], size=size, mode="bicubic", align_corners=False)
+        columns = {"naive": samples["naive"], "UG": samples["UG"], "bicubic": up.clamp(-1, 1)}
+        seeds = list(range(args.seed, args.seed + args.n))
+        title = f"{size[0]}x{size[1]}, factor {fh}x{fw}, UG scale {args.scale}, eta {args.eta}"
+        _save_outputs(folder, columns, seeds, [f"seed {s}" for s in seeds], title)
+        result = {
+            "pipeline": args.pipeline,
+            "prompt": args.prompt,
+            "trained_size": list(trained),
+            "size": list(size),
+            "factor": [fh, fw],
+            "scale": args.scale,
+            "eta": args.eta,
+            "steps": steps,
+            "batch_size": args.batch_size,
+            "seeds": seeds,
+        }
+        (folder / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    return _Job(args.n, header, sample, write)
 
 
 def _comfyui_install(args: argparse.Namespace, sub: argparse.ArgumentParser) -> int:
@@ -607,20 +873,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = Path(args.out) if args.out else _new_out_dir()
         _check_out(out, given=bool(args.out))  # before torch is imported or anything is sampled
-        args.out_path = out  # created only once there is something to write
+        args.out_path = out  # written only once every sample is there (_write_atomically)
         if args.size:  # before loading a model (a pipeline's size unit is checked after)
             _check_size(args.size, args.factor)
+        launch = _launch_env()  # torchrun or accelerate launch: this process's share of seeds
         import torch
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        if args.pipeline is not None:
-            return _sample_pipeline(args)
-        return _sample_unet(args)
+        ranks, args.device = _start_ranks(launch, args.device)
+        try:
+            if args.pipeline is not None:
+                return _sample_pipeline(args, ranks)
+            return _sample_unet(args, ranks)
+        finally:
+            _stop_ranks(ranks)
     except UsageError as err:
         sub.print_usage(sys.stderr)
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except _PeerFailed as err:  # another process's error; it printed the details
+        print(f"{PROG} {args.command}: error: rank {err.rank}: {err.message}", file=sys.stderr)
+        return err.code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
