@@ -244,3 +244,18 @@ def test_one_process_launches_change_nothing(single, tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     assert main(["sample", *ARGS, "--out", str(tmp_path / "out")]) == 0
     assert_same_files(single, tmp_path / "out")
+
+
+def test_torchrun_without_threads_writes_what_a_plain_ug_sample_writes(tmp_path):
+    """No --threads: the launcher's OMP_NUM_THREADS=1 is overridden by the thread count a single
+    process uses, so the files equal a plain ``ug sample`` with the same arguments."""
+    argv = ["sample", "--num-samples", "2", "--steps", "2", "--no-progress"]
+    plain_env = {k: v for k, v in _env().items() if k != "OMP_NUM_THREADS"}
+    command = [sys.executable, *UG, *argv, "--out", "single"]
+    single = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, env=plain_env, timeout=TIMEOUT
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    proc = torchrun(tmp_path, UG, *argv, "--out", "launched")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_files(tmp_path / "single", tmp_path / "launched", n=2)

@@ -437,6 +437,14 @@ def _launch_env() -> tuple[int, int, int] | None:
     return rank, world, local
 
 
+def _single_process_threads() -> int:
+    """The CPU threads torch uses in a single process here: the CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _start_ranks(launch: tuple[int, int, int] | None, device: str) -> tuple[_Ranks, str]:
     """Join the launch's process group; returns (ranks, this process's device).
 
@@ -881,6 +889,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
+        elif launch is not None and launch[1] > 1:
+            # Launchers set OMP_NUM_THREADS=1 per process; CPU kernels round differently with
+            # another thread count, so use what a single process would, for identical files.
+            torch.set_num_threads(_single_process_threads())
         ranks, args.device = _start_ranks(launch, args.device)
         try:
             if args.pipeline is not None:
