@@ -1395,6 +1395,64 @@ def flux2_call_kwargs(
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# AuraFlow
+# --------------------------------------------------------------------------------------------
+
+AURAFLOW_TRAINED = 32  # pixels; latents 16x16 (VAE factor 2), 8x8 tokens (patch 2)
+
+
+def tiny_auraflow_pipeline(seed: int = 0, **overrides):
+    """An AuraFlowPipeline: AuraFlowTransformer2DModel (patch 2), FlowMatchEuler (shift 1.73).
+
+    - Latents (B, 4, h, w), h = height / 2; the transformer picks its positions from a
+      ``pos_embed_max_size`` table for the grid it gets.
+    - Timestep passed to the transformer: ``sigma`` (the pipeline builds ``t / 1000``).
+    - CFG: one doubled batch ``cat([uncond, cond])``.
+    """
+    from diffusers import (
+        AuraFlowPipeline,
+        AuraFlowTransformer2DModel,
+        FlowMatchEulerDiscreteScheduler,
+    )
+
+    transformer = _build(
+        AuraFlowTransformer2DModel,
+        seed,
+        dict(
+            sample_size=AURAFLOW_TRAINED // 2,
+            patch_size=2,
+            in_channels=4,
+            num_mmdit_layers=1,
+            num_single_dit_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=TEXT_DIM,
+            caption_projection_dim=16,
+            out_channels=4,
+            pos_embed_max_size=256,
+        ),
+        overrides,
+    )
+    pipe = AuraFlowPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=tiny_kl_vae(4),
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.73),  # AuraFlow's shipped shift
+    )
+    return _finish(pipe, seed)
+
+
+def auraflow_call_kwargs(
+    height: int = AURAFLOW_TRAINED, width: int = AURAFLOW_TRAINED, steps: int = 2, cfg: float = 3.5,
+    seed=0,
+):  # fmt: skip
+    """Arguments for a tiny AuraFlow call, output as latents (1, 4, h/2, w/2)."""
+    kwargs = _masked_call_kwargs(height, width, steps, cfg, seed)
+    return kwargs
+
+
 def _family(builder, call_kwargs, trained: dict, doubled: dict, **call_overrides):
     """(builder, call-kwargs function with ``call_overrides`` bound, trained, doubled sizes)."""
     from functools import partial

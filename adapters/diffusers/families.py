@@ -357,6 +357,17 @@ class SD3(Family):
     token_residuals = ("block_controlnet_hidden_states",)
 
 
+class AuraFlow(Family):
+    """AuraFlow (``AuraFlowTransformer2DModel``): grid latents, patch 2, flow, time ``σ``."""
+
+    name = "AuraFlow"
+    classes = ("AuraFlowTransformer2DModel",)
+
+    def time_unit(self, module: torch.nn.Module) -> float:
+        """The pipeline passes ``t / 1000``."""
+        return 1.0 / 1000.0
+
+
 class Flux(Family):
     """Flux.1 and Chroma: packed 2×2-patch tokens ``(B, N, 4C)``, ``img_ids``, time ``σ``.
 
@@ -745,6 +756,7 @@ FAMILIES: tuple[Family, ...] = (
     UNet(),
     VideoUNet(),
     SD3(),
+    AuraFlow(),
     Flux(),
     Flux2(),
     QwenImage(),
