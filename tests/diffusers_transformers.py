@@ -1453,6 +1453,67 @@ def auraflow_call_kwargs(
     return kwargs
 
 
+# --------------------------------------------------------------------------------------------
+# Sana-Video
+# --------------------------------------------------------------------------------------------
+
+SANA_VIDEO_TRAINED = WAN_TRAINED  # pixels; latents 8x8 (Wan VAE, factor 8), patch (1, 2, 2)
+SANA_VIDEO_TRAINED_FRAMES = WAN_TRAINED_FRAMES  # 9 pixel frames: 3 latent frames
+
+
+def tiny_sana_video_pipeline(seed: int = 0, **overrides):
+    """A SanaVideoPipeline: SanaVideoTransformer3DModel (patch (1, 2, 2)), Sana's flow DPM++
+    scheduler, the tiny Wan VAE (spatial 8, temporal 4).
+
+    - Latents (B, C, F, H, W), as Wan; timestep passed: the scheduler's ``1000·σ``.
+    - CFG: one doubled batch; text embeddings with a Gemma-style mask.
+    """
+    from diffusers import SanaVideoPipeline, SanaVideoTransformer3DModel
+
+    transformer = _build(
+        SanaVideoTransformer3DModel,
+        seed,
+        dict(
+            in_channels=WAN_LATENT_CHANNELS,
+            out_channels=WAN_LATENT_CHANNELS,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_layers=1,
+            num_cross_attention_heads=2,
+            cross_attention_head_dim=8,
+            cross_attention_dim=16,
+            caption_channels=TEXT_DIM,
+            sample_size=SANA_VIDEO_TRAINED // 8,
+            patch_size=(1, 2, 2),
+            rope_max_seq_len=32,
+        ),
+        overrides,
+    )
+    pipe = SanaVideoPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=tiny_wan_vae(),
+        transformer=transformer,
+        scheduler=sana_scheduler(),
+    )
+    return _finish(pipe, seed)
+
+
+def sana_video_call_kwargs(
+    height: int = SANA_VIDEO_TRAINED,
+    width: int = SANA_VIDEO_TRAINED,
+    num_frames: int = SANA_VIDEO_TRAINED_FRAMES,
+    steps: int = 2,
+    cfg: float = 4.5,
+    seed=0,
+):
+    """Arguments for a tiny Sana-Video call, output as latents (1, 4, F, h/8, w/8)."""
+    kwargs = _masked_call_kwargs(height, width, steps, cfg, seed)
+    kwargs["frames"] = num_frames  # Sana-Video's name for num_frames
+    kwargs["use_resolution_binning"] = False  # its bins need sample_size 30 or 22 (480p/720p)
+    return kwargs
+
+
 def _family(builder, call_kwargs, trained: dict, doubled: dict, **call_overrides):
     """(builder, call-kwargs function with ``call_overrides`` bound, trained, doubled sizes)."""
     from functools import partial

@@ -36,6 +36,8 @@ from diffusers_transformers import (
     PIXART_TRAINED,
     QWEN_TRAINED,
     SANA_TRAINED,
+    SANA_VIDEO_TRAINED,
+    SANA_VIDEO_TRAINED_FRAMES,
     SD3_TRAINED,
     WAN_TRAINED,
     WAN_TRAINED_FRAMES,
@@ -51,6 +53,7 @@ from diffusers_transformers import (
     pixel_frames,
     qwenimage_call_kwargs,
     sana_call_kwargs,
+    sana_video_call_kwargs,
     sd3_call_kwargs,
     tiny_auraflow_pipeline,
     tiny_chroma_pipeline,
@@ -65,6 +68,7 @@ from diffusers_transformers import (
     tiny_pixart_sigma_pipeline,
     tiny_qwenimage_pipeline,
     tiny_sana_pipeline,
+    tiny_sana_video_pipeline,
     tiny_sd3_pipeline,
     tiny_wan22_pipeline,
     tiny_wan_pipeline,
@@ -200,6 +204,13 @@ CASES = {
         (2, 2, 2),
         "flow",
         denoisers=("transformer", "transformer_2"),
+    ),  # fmt: skip
+    "sana_video": Case(
+        tiny_sana_video_pipeline,
+        sana_video_call_kwargs,
+        video(SANA_VIDEO_TRAINED, SANA_VIDEO_TRAINED_FRAMES, 4),
+        (2, 2, 2),
+        "flow",
     ),  # fmt: skip
     "hunyuan_video_true_cfg": Case(
         tiny_hunyuan_video_pipeline,
@@ -485,7 +496,8 @@ def test_wan22_guides_both_transformers():
 def test_every_guided_call_gets_its_time_from_the_host(monkeypatch):
     """The scheduler clock gives every call's time on the host (so t is never read back),
     except a first step whose time is neither a view of the timesteps nor indexed yet (Sana
-    scales t; the core then computes on the device, and the first step is always guided)."""
+    scales t, and its DPM scheduler has no step index before its first step; the core then
+    computes on the device, and the first step is always guided)."""
     seen = []
     prepare = guidance_module.UpsampleGuidance.prepare
 

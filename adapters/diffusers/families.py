@@ -577,6 +577,15 @@ class Sana(Family):
         return float(getattr(module.config, "timestep_scale", 1.0) or 1.0)
 
 
+class SanaVideo(Family):
+    """Sana-Video (``SanaVideoTransformer3DModel``): ``(B, C, F, H, W)``, flow, ``1000·σ``."""
+
+    name = "Sana-Video"
+    classes = ("SanaVideoTransformer3DModel",)
+    video = True
+    token_residuals = ("controlnet_block_samples",)
+
+
 class Lumina2(Family):
     """Lumina 2 (``Lumina2Transformer2DModel``): time ``1 − σ`` (0 = noise), output ``x0 − ε``.
 
@@ -763,6 +772,7 @@ FAMILIES: tuple[Family, ...] = (
     PixArt(),
     DiT(),
     Sana(),
+    SanaVideo(),
     Lumina2(),
     Wan(),
     HunyuanVideo(),

@@ -759,9 +759,12 @@ def wrap_pipeline(app: Application, pipe: Any) -> None:
     _set(app, pipe, "progress_bar", progress_bar)
     for name in ("check_inputs", "prepare_latents"):
         _wrap_size_check(app, pipe, name)
-    processor = getattr(pipe, "image_processor", None)
-    if not app.options.never_on and callable(getattr(processor, "classify_height_width_bin", None)):
-        _set(app, pipe, "image_processor", BinnedAtTrainedSize(processor, app.options.factors[-2:]))
+    for name in ("image_processor", "video_processor"):  # PixArt, Sana; Sana-Video
+        processor = getattr(pipe, name, None)
+        if not app.options.never_on and callable(
+            getattr(processor, "classify_height_width_bin", None)
+        ):
+            _set(app, pipe, name, BinnedAtTrainedSize(processor, app.options.factors[-2:]))
     controlnet = getattr(pipe, "controlnet", None)
     if isinstance(controlnet, torch.nn.Module):
         hook = functools.partial(_controlnet_pre_hook, app)
