@@ -1514,6 +1514,92 @@ def sana_video_call_kwargs(
     return kwargs
 
 
+# --------------------------------------------------------------------------------------------
+# Mochi
+# --------------------------------------------------------------------------------------------
+
+MOCHI_TRAINED = 16  # pixels; latents 2x2 (VAE factor 8), one 2x2 patch per frame
+MOCHI_TRAINED_FRAMES = 7  # pixel frames; 2 latent frames (temporal factor 6)
+MOCHI_LATENT_CHANNELS = 12
+
+
+def tiny_mochi_pipeline(seed: int = 0, invert_sigmas: bool = True, **overrides):
+    """A MochiPipeline: MochiTransformer3DModel (patch 2), FlowMatchEuler, tiny Mochi VAE.
+
+    - Latents (B, 12, F, H, W); the VAE compresses 8x in space and 6x in time (F = (f - 1)/6 + 1).
+    - With Mochi's shipped scheduler (``invert_sigmas=True``) the transformer gets
+      ``1000·(1 − σ)`` and predicts ``x0 − ε``; ``invert_sigmas=False`` is the plain flow form.
+    - CFG: one doubled batch.
+    """
+    from diffusers import (
+        AutoencoderKLMochi,
+        FlowMatchEulerDiscreteScheduler,
+        MochiPipeline,
+        MochiTransformer3DModel,
+    )
+
+    transformer = _build(
+        MochiTransformer3DModel,
+        seed,
+        dict(
+            patch_size=2,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_layers=1,
+            pooled_projection_dim=16,
+            in_channels=MOCHI_LATENT_CHANNELS,
+            out_channels=None,
+            qk_norm="rms_norm",
+            text_embed_dim=TEXT_DIM,
+            time_embed_dim=4,
+            activation_fn="swiglu",
+            max_sequence_length=SEQ,
+        ),
+        overrides,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLMochi(
+        latent_channels=MOCHI_LATENT_CHANNELS,
+        out_channels=3,
+        encoder_block_out_channels=(32, 32, 32, 32),  # its group norms have 32 groups
+        decoder_block_out_channels=(32, 32, 32, 32),
+        layers_per_block=(1, 1, 1, 1, 1),
+    ).eval()
+    pipe = MochiPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(invert_sigmas=invert_sigmas),
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer,
+    )
+    return _finish(pipe, seed)
+
+
+def mochi_call_kwargs(
+    height: int = MOCHI_TRAINED,
+    width: int = MOCHI_TRAINED,
+    num_frames: int = MOCHI_TRAINED_FRAMES,
+    steps: int = 3,
+    cfg: float = 4.5,
+    seed=0,
+):
+    """Arguments for a tiny Mochi call, output as latents (1, 12, F, h/8, w/8)."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(
+        prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
+        prompt_attention_mask=_text_mask(),
+        negative_prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
+        negative_prompt_attention_mask=_text_mask(),
+        height=height,
+        width=width,
+        num_frames=num_frames,
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+    )
+
+
 def _family(builder, call_kwargs, trained: dict, doubled: dict, **call_overrides):
     """(builder, call-kwargs function with ``call_overrides`` bound, trained, doubled sizes)."""
     from functools import partial

@@ -32,6 +32,8 @@ from diffusers_transformers import (
     LTX_TRAINED,
     LTX_TRAINED_FRAMES,
     LUMINA2_TRAINED,
+    MOCHI_TRAINED,
+    MOCHI_TRAINED_FRAMES,
     PIXART_ALPHA_MICRO_TRAINED,
     PIXART_TRAINED,
     QWEN_TRAINED,
@@ -49,6 +51,7 @@ from diffusers_transformers import (
     hunyuan_video_call_kwargs,
     ltx_call_kwargs,
     lumina2_call_kwargs,
+    mochi_call_kwargs,
     pixart_call_kwargs,
     pixel_frames,
     qwenimage_call_kwargs,
@@ -64,6 +67,7 @@ from diffusers_transformers import (
     tiny_hunyuan_video_pipeline,
     tiny_ltx_pipeline,
     tiny_lumina2_pipeline,
+    tiny_mochi_pipeline,
     tiny_pixart_alpha_pipeline,
     tiny_pixart_sigma_pipeline,
     tiny_qwenimage_pipeline,
@@ -204,6 +208,20 @@ CASES = {
         (2, 2, 2),
         "flow",
         denoisers=("transformer", "transformer_2"),
+    ),  # fmt: skip
+    "mochi_inverted_sigmas": Case(
+        tiny_mochi_pipeline,
+        mochi_call_kwargs,
+        video(MOCHI_TRAINED, MOCHI_TRAINED_FRAMES, 6),
+        (2, 2, 2),
+        "flow_reversed",
+    ),  # fmt: skip
+    "mochi_plain_flow": Case(
+        lambda: tiny_mochi_pipeline(invert_sigmas=False),
+        mochi_call_kwargs,
+        video(MOCHI_TRAINED, MOCHI_TRAINED_FRAMES, 6),
+        (2, 2, 2),
+        "flow",
     ),  # fmt: skip
     "sana_video": Case(
         tiny_sana_video_pipeline,

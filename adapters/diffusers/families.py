@@ -153,6 +153,10 @@ class Family:
     output_sign = 1.0
     """-1 for a family whose output is the negated prediction (Lumina 2 predicts x0 − ε)."""
 
+    def sign(self, scheduler: Any) -> float:
+        """The output's sign with this scheduler (:attr:`output_sign` unless it depends on it)."""
+        return self.output_sign
+
     def time_unit(self, module: torch.nn.Module) -> float:
         """The model's time per scheduler timestep (1: the model gets the scheduler's times)."""
         return 1.0
@@ -220,13 +224,15 @@ class Family:
     def request_latents(self, pipe: Any, sizes: dict) -> dict[str, int]:
         """The latent grid a pipeline call will sample for a pixel request (None: unknown)."""
         out: dict[str, int] = {}
-        spatial = _first_attr(pipe, ("vae_scale_factor_spatial", "vae_scale_factor"))
+        spatial = _first_attr(
+            pipe, ("vae_scale_factor_spatial", "vae_spatial_scale_factor", "vae_scale_factor")
+        )
         for axis in ("height", "width"):
             if sizes.get(axis) is not None and spatial:
                 out[axis] = int(sizes[axis]) // int(spatial)
         frames = sizes.get("num_frames")
         if self.video and frames is not None:
-            temporal = _first_attr(pipe, ("vae_scale_factor_temporal",))
+            temporal = _first_attr(pipe, ("vae_scale_factor_temporal", "vae_temporal_scale_factor"))
             out["frames"] = (int(frames) - 1) // int(temporal) + 1 if temporal else int(frames)
         return out
 
@@ -606,6 +612,39 @@ class Lumina2(Family):
         return 1.0 - scheduler_time / 1000.0
 
 
+class Mochi(Family):
+    """Mochi (``MochiTransformer3DModel``): ``(B, C, F, H, W)``, flow, patch (1, 2, 2).
+
+    With the shipped scheduler (``invert_sigmas=True``) the model gets ``1000·(1 − σ)`` and its
+    output is ``x0 − ε``; with a plain flow scheduler, ``1000·σ`` and ``ε − x0``.
+    """
+
+    name = "Mochi"
+    classes = ("MochiTransformer3DModel",)
+    video = True
+
+    def patch(self, module: torch.nn.Module) -> tuple[int, ...]:
+        """Mochi patches each frame 2×2."""
+        p = module.config.patch_size
+        return (1, p, p)
+
+    def sign(self, scheduler: Any) -> float:
+        """-1 with inverted sigmas: the model predicts x0 − ε."""
+        return -1.0 if _inverted(scheduler) else 1.0
+
+    def schedule(self, scheduler: Any, module: torch.nn.Module) -> tuple[Schedule, str]:
+        """Rectified flow, on the reversed time axis with inverted sigmas."""
+        schedule, prediction = super().schedule(scheduler, module)
+        if _inverted(scheduler):
+            return FlowSchedule(time_scale=schedule.time_scale, reverse=True), prediction
+        return schedule, prediction
+
+
+def _inverted(scheduler: Any) -> bool:
+    """Whether a flow scheduler counts time from the noise (``invert_sigmas``, Mochi's)."""
+    return bool(getattr(getattr(scheduler, "config", None), "invert_sigmas", False))
+
+
 class Wan(Family):
     """Wan 2.1 / 2.2 (``WanTransformer3DModel``): video ``(B, C, F, H, W)``, flow, ``1000·σ``."""
 
@@ -774,6 +813,7 @@ FAMILIES: tuple[Family, ...] = (
     Sana(),
     SanaVideo(),
     Lumina2(),
+    Mochi(),
     Wan(),
     HunyuanVideo(),
     CogVideoX(),

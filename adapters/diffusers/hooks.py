@@ -477,7 +477,7 @@ class Application:
             low[family.time_arg] = t_low
             family.low_inputs(low, call, factors, self.options.micro)
             out = family.to_grid(output_sample(low_call(**low)), low_grid)
-            return _signed(out[:, :noisy], family.output_sign)
+            return _signed(out[:, :noisy], family.sign(self.scheduler()))
 
         return model
 
@@ -493,7 +493,8 @@ class Application:
 
         ``low_call(**kwargs)`` runs the denoiser for the low-resolution call.
         """
-        family, call, noisy, sign = plan.family, plan.call, plan.noisy, plan.family.output_sign
+        family, call, noisy = plan.family, plan.call, plan.noisy
+        sign = family.sign(self.scheduler())
         call.named = named
         high = _signed(family.to_grid(output_sample(output), call), sign)
         variance = None
