@@ -44,7 +44,7 @@ __all__ = [
 ENCODER_DIR = Path(__file__).resolve().parent.parent / "assets" / "domain_encoder"
 
 #: Channel widths of the four stages, and the feature dimension.
-ENCODER_CONFIG = dict(channels=(32, 48, 96, 128), hidden=256, feature_dim=128)
+ENCODER_CONFIG = dict(channels=(32, 48, 96, 128), hidden=192, feature_dim=64)
 #: Dimension of the features the Fréchet distance uses.
 FEATURE_DIM = ENCODER_CONFIG["feature_dim"]
 

@@ -311,11 +311,16 @@ def sdedit(
     cfg: float = 1.0,
     batch_size: int = 64,
     progress: bool = True,
+    factors: int | Sequence[int] | None = None,
+    scale: float | Callable[[torch.Tensor], torch.Tensor] = 1.0,
+    eta: float = 1.0,
 ) -> torch.Tensor:
     """SDEdit at the images' size: noise to timestep ``strength·(N − 1)``, then DDIM back to 0.
 
     The loop is the core's :func:`~ug_core.adapters.loops.sample_ddim` on the schedule truncated at
-    that timestep (its timesteps keep their indices), with ``round(strength·steps)`` steps.
+    that timestep (its timesteps keep their indices), with ``round(strength·steps)`` steps. With
+    ``factors``, that pass is upsample-guided (``scale``, ``eta`` as in :func:`generate`; η is a
+    fraction of the truncated time axis).
     """
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength!r}")
@@ -331,6 +336,7 @@ def sdedit(
     return generate(
         _Truncated(model, sub), n, images.shape[-2:], seed, k, labels=labels, cfg=cfg,
         noise=xt, batch_size=batch_size, progress=progress, desc=f"SDEdit {strength}",
+        factors=factors, scale=scale, eta=eta,
     )  # fmt: skip
 
 

@@ -97,6 +97,7 @@ def train_encoder(
     seed: int = 0,
     pools: dict[int, int] | None = None,
     two_objects: float = 0.3,
+    held_out: int = 256,
     warmup: int = 100,
     save_every: int = 250,
     threads: int = 1,
@@ -113,7 +114,7 @@ def train_encoder(
     start = time.time()
     rng = np.random.default_rng(seed)
     data = {s: render_scene_pool(n, s, rng, two_objects) for s, n in pools.items()}
-    held = {s: render_scene_pool(256, s, rng, two_objects) for s in pools}
+    held = {s: render_scene_pool(held_out, s, rng, two_objects) for s in pools}
     print(f"rendered {sum(pools.values())} scenes in {time.time() - start:.1f} s", flush=True)
     torch.manual_seed(seed)
     model = DomainEncoder().to(device)
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool-scale", type=float, default=1.0,
                    help="multiply the pool sizes (32: 12000, 64: 8000, 96: 6000)")  # fmt: skip
     p.add_argument("--two-objects", type=float, default=0.3)
+    p.add_argument("--held-out", type=int, default=256, help="held-out scenes per resolution")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     pools = {s: max(2, int(n * a.pool_scale)) for s, n in RESOLUTIONS.items()}
     train_encoder(
-        a.out, a.steps, a.batch_size, a.lr, a.seed, pools, a.two_objects,
+        a.out, a.steps, a.batch_size, a.lr, a.seed, pools, a.two_objects, a.held_out,
         save_every=a.save_every, threads=a.threads, log_every=a.log_every, device=a.device,
     )  # fmt: skip
     return 0
