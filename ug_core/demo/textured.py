@@ -184,23 +184,39 @@ def sample_texture(
     return TextureParams(beta, amp, aniso, orient, cdir, freq, phase, weight)
 
 
+def _textured_colors(n: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Background gradient ends and shape colours for textured scenes: (bg_start, bg_end, color).
+
+    Colours lie in [-c, c]³ (c = :data:`COLOR_RANGE`) and the shape's colour at least
+    :data:`MIN_CONTRAST` from the background's gradient segment. Rejection sampling redraws all
+    three where that fails (a background near the cube's centre may leave no colour far enough).
+    """
+    c = COLOR_RANGE
+    bg_start, bg_end, color = np.empty((3, n, 3))
+    todo = np.arange(n)
+    while len(todo):
+        m = len(todo)
+        start = rng.uniform(-c, c, size=(m, 3))
+        gradient = rng.uniform(size=m) < 0.5
+        step = rng.normal(size=(m, 3))
+        step *= (rng.uniform(0.3, 1.0, size=m) * MAX_GRADIENT / np.linalg.norm(step, axis=1))[
+            :, None
+        ]
+        end = np.where(gradient[:, None], np.clip(start + step, -c, c), start)
+        col = rng.uniform(-c, c, size=(m, 3))
+        ok = shapes._segment_distance(col, start, end) >= MIN_CONTRAST
+        idx = todo[ok]
+        bg_start[idx], bg_end[idx], color[idx] = start[ok], end[ok], col[ok]
+        todo = todo[~ok]
+    return bg_start, bg_end, color
+
+
 def _textured_shape_params(
     n: int, rng: np.random.Generator, labels: Sequence[int] | np.ndarray | None
 ) -> ShapeParams:
     """Flat-dataset shape geometry with colours for textured scenes (inset range, more contrast)."""
     base = shapes.sample_params(n, rng, labels)
-    c = COLOR_RANGE
-    bg_start = rng.uniform(-c, c, size=(n, 3))
-    gradient = rng.uniform(size=n) < 0.5
-    step = rng.normal(size=(n, 3))
-    step *= (rng.uniform(0.3, 1.0, size=n) * MAX_GRADIENT / np.linalg.norm(step, axis=1))[:, None]
-    bg_end = np.where(gradient[:, None], np.clip(bg_start + step, -c, c), bg_start)
-    color = rng.uniform(-c, c, size=(n, 3))
-    bad = shapes._segment_distance(color, bg_start, bg_end) < MIN_CONTRAST
-    while bad.any():  # rejection sampling of the shape colour
-        color[bad] = rng.uniform(-c, c, size=(int(bad.sum()), 3))
-        bad = shapes._segment_distance(color, bg_start, bg_end) < MIN_CONTRAST
-    base.bg_start, base.bg_end, base.color = bg_start, bg_end, color
+    base.bg_start, base.bg_end, base.color = _textured_colors(n, rng)
     return base
 
 
