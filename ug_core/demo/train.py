@@ -113,11 +113,14 @@ def train(
     log_every: int = 50,
     device: str = "cpu",
     data: str = "flat",
+    init: str | Path | None = None,
 ) -> dict:
     """Train and save the model into ``out``; returns a summary (steps, loss, seconds).
 
     The defaults are the embedded model's settings (``ug_core/assets/shapes32/TRAINING.md``);
-    ``data="textured"`` trains on the textured scenes (``ug_core/assets/textured32``).
+    ``data="textured"`` trains on the textured scenes (``ug_core/assets/textured32``). ``init``: a
+    UNet2DModel folder with the same configuration to start from (fine-tuning) instead of a fresh
+    initialisation.
     """
     from diffusers import DDPMScheduler
 
@@ -130,7 +133,17 @@ def train(
     images, labels = images.to(device), labels.to(device)
     print(f"rendered {pool} images in {time.time() - start:.1f} s", flush=True)
 
-    model = build_model(seed).to(device)
+    model = build_model(seed)
+    if init is not None:
+        from diffusers import UNet2DModel
+
+        start_from = UNet2DModel.from_pretrained(init, local_files_only=True)
+        try:
+            model.load_state_dict(start_from.state_dict())
+        except RuntimeError as err:
+            raise ValueError(f"init={str(init)!r} does not match MODEL_CONFIG: {err}") from None
+        print(f"initialised from {init}", flush=True)
+    model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"UNet2DModel: {n_params / 1e6:.2f} M parameters", flush=True)
@@ -160,6 +173,7 @@ def train(
             ema_decay=ema_decay,
             threads=threads,
             data=data,
+            init=None if init is None else str(init),
             seconds=round(time.time() - start, 1),
             loss=float(np.mean(losses[-log_every:])) if losses else None,
         )
@@ -220,11 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--data", choices=DATASETS, default="flat",
                    help="flat shapes (shapes32) or textured scenes (textured32)")  # fmt: skip
+    p.add_argument("--init", default=None,
+                   help="UNet2DModel folder to start from (fine-tuning)")  # fmt: skip
     a = p.parse_args(argv)
     train(
         a.out, a.steps, a.batch_size, a.lr, a.seed, a.pool, a.cfg_dropout, a.ema_decay,
         save_every=a.save_every, threads=a.threads, device=a.device,
-        log_every=a.log_every, data=a.data,
+        log_every=a.log_every, data=a.data, init=a.init,
     )  # fmt: skip
     return 0
 
