@@ -101,9 +101,9 @@ def scene_targets(params: SceneParams) -> dict[str, torch.Tensor]:
 
 
 def _conv(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Sequential:
-    """Convolution, group norm, GELU."""
+    """Convolution and GELU (no per-image normalisation: it would divide out colour and contrast)."""
     pad = (k - stride) // 2 if stride > 1 else k // 2
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, pad), nn.GroupNorm(8, c_out), nn.GELU())
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, pad), nn.GELU())
 
 
 class DomainEncoder(nn.Module):

@@ -93,7 +93,7 @@ def train_encoder(
     out: str | Path,
     steps: int = 2000,
     batch_size: int = 48,
-    lr: float = 2e-3,
+    lr: float = 1e-3,
     seed: int = 0,
     pools: dict[int, int] | None = None,
     two_objects: float = 0.3,
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="ug_core/assets/domain_encoder", help="output folder")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=48)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pool-scale", type=float, default=1.0,
                    help="multiply the pool sizes (32: 12000, 64: 8000, 96: 6000)")  # fmt: skip
