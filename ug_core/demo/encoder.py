@@ -101,7 +101,7 @@ def scene_targets(params: SceneParams) -> dict[str, torch.Tensor]:
 
 
 def _conv(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Sequential:
-    """Convolution and GELU (no per-image normalisation: it would divide out colour and contrast)."""
+    """Convolution and GELU (no per-image norm: it would divide out colour and contrast)."""
     pad = (k - stride) // 2 if stride > 1 else k // 2
     return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, pad), nn.GELU())
 
