@@ -101,9 +101,11 @@ def scene_targets(params: SceneParams) -> dict[str, torch.Tensor]:
 
 
 def _conv(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Sequential:
-    """Convolution and GELU (no per-image norm: it would divide out colour and contrast)."""
+    """Convolution, batch norm, GELU (a per-image norm would divide out colour and contrast)."""
     pad = (k - stride) // 2 if stride > 1 else k // 2
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, pad), nn.GELU())
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, k, stride, pad, bias=False), nn.BatchNorm2d(c_out), nn.GELU()
+    )
 
 
 class DomainEncoder(nn.Module):
@@ -117,7 +119,9 @@ class DomainEncoder(nn.Module):
     ) -> None:
         super().__init__()
         c = list(channels)
-        layers: list[nn.Module] = [_conv(3, c[0], 3)]  # full resolution: sees pixel-scale detail
+        # Full resolution, to see pixel-scale detail; two extra input channels hold the pixel's
+        # relative coordinates (u, v) in [-1, 1], so that pooled features can carry position.
+        layers: list[nn.Module] = [_conv(5, c[0], 3)]
         for a, b in zip(c[:-1], c[1:], strict=True):
             layers += [_conv(a, b, 4, 2), _conv(b, b, 3)]
         self.body = nn.Sequential(*layers)
@@ -133,7 +137,11 @@ class DomainEncoder(nn.Module):
             raise ValueError(
                 f"images must have shape (n, 3, H, W) with H, W >= 16, got {tuple(images.shape)}"
             )
-        h = self.body(images)
+        n, _, hh, ww = images.shape
+        v = torch.linspace(-1, 1, hh, dtype=images.dtype, device=images.device)
+        u = torch.linspace(-1, 1, ww, dtype=images.dtype, device=images.device)
+        grid = torch.stack(torch.meshgrid(u, v, indexing="xy")).expand(n, 2, hh, ww)
+        h = self.body(torch.cat([images, grid], 1))
         pooled = torch.cat([h.mean((2, 3)), h.std((2, 3))], 1)
         return self.neck(pooled)
 

@@ -91,20 +91,25 @@ def evaluate(model: DomainEncoder, images: torch.Tensor, tg: dict) -> dict[str, 
 
 def train_encoder(
     out: str | Path,
-    steps: int = 2000,
+    steps: int = 2500,
     batch_size: int = 48,
     lr: float = 1e-3,
     seed: int = 0,
     pools: dict[int, int] | None = None,
     two_objects: float = 0.3,
     held_out: int = 256,
+    cache: str | Path | None = None,
     warmup: int = 100,
     save_every: int = 250,
     threads: int = 1,
     log_every: int = 50,
     device: str = "cpu",
 ) -> dict:
-    """Train the encoder and save it into ``out``; returns a summary."""
+    """Train the encoder and save it into ``out``; returns a summary.
+
+    ``cache``: a file to keep the rendered pools in (rendered and saved if absent, loaded if it
+    exists), so that a restarted run skips the rendering.
+    """
     from safetensors.torch import save_file
 
     torch.set_num_threads(threads)
@@ -112,9 +117,14 @@ def train_encoder(
     out.mkdir(parents=True, exist_ok=True)
     pools = dict(RESOLUTIONS if pools is None else pools)
     start = time.time()
-    rng = np.random.default_rng(seed)
-    data = {s: render_scene_pool(n, s, rng, two_objects) for s, n in pools.items()}
-    held = {s: render_scene_pool(held_out, s, rng, two_objects) for s in pools}
+    if cache is not None and Path(cache).is_file():
+        data, held = torch.load(cache)
+    else:
+        rng = np.random.default_rng(seed)
+        data = {s: render_scene_pool(n, s, rng, two_objects) for s, n in pools.items()}
+        held = {s: render_scene_pool(held_out, s, rng, two_objects) for s in pools}
+        if cache is not None:
+            torch.save((data, held), cache)
     print(f"rendered {sum(pools.values())} scenes in {time.time() - start:.1f} s", flush=True)
     torch.manual_seed(seed)
     model = DomainEncoder().to(device)
@@ -174,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ug_core.demo.train_encoder", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--out", default="ug_core/assets/domain_encoder", help="output folder")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -182,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="multiply the pool sizes (32: 12000, 64: 8000, 96: 6000)")  # fmt: skip
     p.add_argument("--two-objects", type=float, default=0.3)
     p.add_argument("--held-out", type=int, default=256, help="held-out scenes per resolution")
+    p.add_argument("--cache", default=None, help="file to keep the rendered pools in")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
@@ -189,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     pools = {s: max(2, int(n * a.pool_scale)) for s, n in RESOLUTIONS.items()}
     train_encoder(
-        a.out, a.steps, a.batch_size, a.lr, a.seed, pools, a.two_objects, a.held_out,
+        a.out, a.steps, a.batch_size, a.lr, a.seed, pools, a.two_objects, a.held_out, a.cache,
         save_every=a.save_every, threads=a.threads, log_every=a.log_every, device=a.device,
     )  # fmt: skip
     return 0
