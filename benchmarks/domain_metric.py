@@ -15,8 +15,8 @@ ground truth rendered at that size:
 
 Columns: domain Fréchet (``ug_core.demo.encoder``), the hand-crafted Fréchet
 (``ug_core.demo.metrics``) and the fraction of images segmented as exactly one object. Writes
-``benchmarks/results/domain_metric.json``; ``python benchmarks/quality_v2.py --report-only`` puts
-it in ``benchmarks/RESULTS.md``.
+``benchmarks/results/domain_metric.json``; ``python benchmarks/quality_v2.py --stage measure``
+puts it in ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Quality benchmark, version 2: UG against the alternatives on the three shipped models.
 
-From the repository root, one cell (model × factor × step count) per run; rows accumulate in
-``benchmarks/results/quality_v2/MODEL_Fx_Ssteps.json`` and ``RESULTS.md`` is regenerated::
+From the repository root. Sampling runs one cell (model × factor × step count) and keeps the
+samples (``--samples-dir``); ``--stage measure`` then measures every cell sampled so far into
+``benchmarks/results/quality_v2/MODEL_Fx_Ssteps.json`` (+ sample grids) and regenerates
+``RESULTS.md``. The default stage does both::
 
     python benchmarks/quality_v2.py --model textured --factor 2 --steps 20 --n 64 --methods main
     python benchmarks/quality_v2.py --model textured --factor 2 --n 32 --methods theta eta
@@ -248,42 +250,41 @@ def _ascii(text: str) -> str:
     return text
 
 
-def run_cell(args: argparse.Namespace) -> Path:
-    """Run the requested methods for one (model, factor, steps) cell; merge into its JSON."""
-    from ug_core.demo.encoder import load_encoder
+def _slug(name: str) -> str:
+    """A file name for a method's row name."""
+    keep = "".join(c if c.isalnum() or c in "=." else "_" for c in _ascii(name))
+    return "_".join(filter(None, keep.split("_")))
+
+
+def sample_cell(args: argparse.Namespace) -> Path:
+    """Sample the requested methods for one (model, factor, steps) cell into the samples folder.
+
+    Each method's images (float16) and wall time go to ``SAMPLES/<cell>/<method>.pt``; metrics
+    come later (:func:`measure_cell`), so sampling needs no trained metric.
+    """
     from ug_core.demo.registry import shipped_model
 
     entry = shipped_model(args.model)
     runner = (LatentRunner if entry.kind == "latent-flow" else PixelRunner)(entry, args)
-    encoder = load_encoder()
-    thr = entry.segment_threshold
-    size, n = runner.size, args.n
     tag = f"{args.model}_{args.factor}x_{args.steps}steps"
-    path = OUT / f"{tag}.json"
-    data = json.loads(path.read_text()) if path.is_file() else {"rows": {}, "runs": []}
-    ref = measure(entry.ground_truth(args.n_ref, size), thr, encoder)
-    rows, samples = data["rows"], {}
+    folder = Path(args.samples_dir) / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    group = "-".join(args.methods)
 
-    def record(name: str, images: torch.Tensor, seconds: float, reference=ref) -> None:
-        rows[name] = row(measure(images, thr, encoder), reference, seconds, len(images))
-        samples[name] = images
-        r = rows[name]
-        print(f"  {name}: one {r['one_object']:.3f} W1 {r['size_w1']:.4f} "
-              f"Fréchet {r['frechet']:.1f} domain {r['domain_frechet']:.2f} "
-              f"({seconds:.0f} s)", flush=True)  # fmt: skip
+    def save(name: str, images: torch.Tensor, seconds: float, kind: str = "sample") -> None:
+        torch.save(dict(name=name, images=images.half(), seconds=seconds, kind=kind, group=group),
+                   folder / f"{_slug(name)}.pt")  # fmt: skip
+        print(f"  {name}: {seconds:.0f} s", flush=True)
 
-    t = time.perf_counter()
-    record(TRUTH_ROW, entry.ground_truth(n, size, seed=2 * 10**6), time.perf_counter() - t)
     plan = method_plan(args.methods, args.theta, args.eta)
     low = t_low = None
     if any(r["kind"] in ("bicubic", "lanczos", "hires") for _, r in plan):
         t = time.perf_counter()
         low = runner.low()
         t_low = time.perf_counter() - t
-        ref32 = measure(entry.ground_truth(args.n_ref, (32, 32)), thr, encoder)
-        record(LOW_ROW, low, t_low, ref32)
-        samples.pop(LOW_ROW)
-        bicubic = F.interpolate(low, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+        save(LOW_ROW, low, t_low, kind="low")
+        bicubic = F.interpolate(low, size=runner.size, mode="bicubic", align_corners=False)
+        bicubic = bicubic.clamp(-1, 1)
     for name, r in plan:
         t = time.perf_counter()
         if r["kind"] == "high":
@@ -291,24 +292,71 @@ def run_cell(args: argparse.Namespace) -> Path:
         elif r["kind"] == "bicubic":
             images = bicubic
         elif r["kind"] == "lanczos":
-            images = lanczos(low, size)
+            images = lanczos(low, runner.size)
         else:
             images = runner.hires(bicubic, r["s"], r.get("theta"), r.get("eta", 1.0))
         extra = t_low if r["kind"] != "high" else 0.0
-        record(name, images, time.perf_counter() - t + extra)
-    data["rows"] = rows
-    data["truth_mean_area"] = float(ref["areas"].mean())
-    data["runs"].append({
+        save(name, images, time.perf_counter() - t + extra)
+    runs_file = folder / "runs.json"
+    runs = json.loads(runs_file.read_text()) if runs_file.is_file() else []
+    runs.append({
         "command": "python benchmarks/quality_v2.py " + " ".join(args.argv),
-        "methods": args.methods, "n": n, "n_ref": args.n_ref, "cfg": args.cfg,
+        "methods": args.methods, "n": args.n, "cfg": args.cfg, "model": args.model,
+        "factor": args.factor, "steps": args.steps,
         "device": f"CPU ({platform.processor() or platform.machine()}, {args.threads} threads)",
     })  # fmt: skip
-    data.update(model=args.model, factor=args.factor, steps=args.steps, cfg=args.cfg)
+    runs_file.write_text(json.dumps(runs, indent=2, ensure_ascii=False) + "\n")
+    return folder
+
+
+def measure_cell(folder: Path, n_ref: int) -> Path:
+    """Metrics of every stored method of one cell against ground truth; writes its JSON and PNGs."""
+    from ug_core.demo.encoder import load_encoder
+    from ug_core.demo.registry import shipped_model
+
+    runs = json.loads((folder / "runs.json").read_text())
+    info = runs[-1]
+    entry = shipped_model(info["model"])
+    encoder = load_encoder()
+    thr = entry.segment_threshold
+    size = (32 * info["factor"], 32 * info["factor"])
+    stored = [torch.load(p) for p in sorted(folder.glob("*.pt"))]
+    order: dict[str, int] = {}
+    for i, (name, _) in enumerate(method_plan(["main", "theta", "eta"], 1.0, 1.0)):
+        order.setdefault(name, i)
+    stored.sort(key=lambda d: (d["kind"] != "low", order.get(d["name"], 99), d["name"]))
+    ref = measure(entry.ground_truth(n_ref, size), thr, encoder)
+    ref32 = measure(entry.ground_truth(n_ref, (32, 32)), thr, encoder)
+    sizes = sorted({len(d["images"]) for d in stored}, reverse=True)
+    rows, truth = {}, None
+    for n in sizes:  # the floor at each sample count in the table (the sweeps use fewer)
+        t = time.perf_counter()
+        truth_n = entry.ground_truth(n, size, seed=2 * 10**6)
+        name = TRUTH_ROW if n == sizes[0] else f"{TRUTH_ROW}, first {n}"
+        rows[name] = row(measure(truth_n, thr, encoder), ref, time.perf_counter() - t, n)
+        truth = truth_n if truth is None else truth
+    grids: dict[str, dict[str, torch.Tensor]] = {}
+    for d in stored:
+        images = d["images"].float()
+        reference = ref32 if d["kind"] == "low" else ref
+        rows[d["name"]] = row(measure(images, thr, encoder), reference, d["seconds"], len(images))
+        if d["kind"] != "low":
+            grid = grids.setdefault(d["group"], {TRUTH_ROW: truth})
+            grid[d["name"]] = images
+        r = rows[d["name"]]
+        print(f"  {d['name']}: one {r['one_object']:.3f} W1 {r['size_w1']:.4f} "
+              f"Fréchet {r['frechet']:.1f} domain {r['domain_frechet']:.2f}")  # fmt: skip
+    if LOW_ROW in rows:  # keep it last
+        rows[LOW_ROW] = rows.pop(LOW_ROW)
+    data = dict(model=info["model"], factor=info["factor"], steps=info["steps"], cfg=info["cfg"],
+                n_ref=n_ref, rows=rows, truth_mean_area=float(ref["areas"].mean()),
+                runs=runs)  # fmt: skip
     OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{folder.name}.json"
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    grid = OUT / f"{tag}_{'-'.join(args.methods)}.png"
-    save_grid(samples, grid)
-    print(f"wrote {path} and {grid}")
+    for group, samples in grids.items():
+        save_grid(samples, OUT / f"{folder.name}_{group}.png")
+    print(f"wrote {path}")
     return path
 
 
@@ -348,14 +396,17 @@ def report_lines() -> list[str]:
             f"### {d['model']}, {f}× ({32 * f}×{32 * f}), {d['steps']} steps, CFG {d['cfg']:g}",
             "",
         ]
-        lines += ["Commands:", ""] + [f"- `{r['command']}`" for r in d["runs"]] + [""]
+        lines += ["Sampled with:", ""] + [f"- `{r['command']}`" for r in d["runs"]]
+        lines += ["", "and measured with `python benchmarks/quality_v2.py --stage measure` "
+                  f"({d['n_ref']} ground-truth reference images).", ""]  # fmt: skip
         lines += [
             "| method | n | one object | mean objects | area | size W1 ↓ | Fréchet ↓ "
             "| (layout | texture | geometry) | domain Fréchet ↓ | seconds |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         rows = d["rows"]
-        names = [TRUTH_ROW] + [k for k in rows if k not in (TRUTH_ROW, LOW_ROW)]
+        names = [k for k in rows if k.startswith(TRUTH_ROW)]
+        names += [k for k in rows if not k.startswith(TRUTH_ROW) and k != LOW_ROW]
         names += [LOW_ROW] if LOW_ROW in rows else []
         lines += [_fmt_row(k, rows[k]) for k in names]
         grids = sorted(OUT.glob(f"{d['model']}_{f}x_{d['steps']}steps_*.png"))
@@ -380,19 +431,26 @@ def main(argv: list[str] | None = None) -> int:
                         "default for latent-flow)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--report-only", action="store_true", help="only regenerate RESULTS.md")
+    p.add_argument("--samples-dir", default=str(OUT / "samples"),
+                   help="where the samples are kept between sampling and measuring")  # fmt: skip
+    p.add_argument("--stage", choices=["sample", "measure", "all"], default="all",
+                   help="sample this cell, measure every cell sampled so far, or both")  # fmt: skip
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
-    if not args.report_only:
+    if args.stage in ("sample", "all"):
         from ug_core.demo.registry import shipped_model
 
         entry = shipped_model(args.model)
         if args.cfg is None:
             args.cfg = entry.default_cfg if entry.kind == "latent-flow" else 1.0
         print(f"{args.model} {args.factor}x {args.steps} steps, n={args.n}: {args.methods}")
-        run_cell(args)
+        sample_cell(args)
+    if args.stage in ("measure", "all"):
+        for folder in sorted(Path(args.samples_dir).glob("*_*x_*steps")):
+            print(f"measuring {folder.name}", flush=True)
+            measure_cell(folder, args.n_ref)
     sys.path.insert(0, str(ROOT))
     from quality import write_report
 
