@@ -1,30 +1,12 @@
 """Upsample guidance for k-diffusion-style denoisers, in sigma space (ug-math §6).
 
-A k-diffusion denoiser is any callable ``inner(x, sigma, **extra_args) -> denoised`` that returns
-the x0 estimate of ``x = x0 + sigma·noise``: ``k_diffusion.external.DiscreteEpsDDPMDenoiser``,
-``DiscreteVDDPMDenoiser``, ``CompVisDenoiser``, ``k_diffusion.layers.Denoiser`` (EDM), the CFG
-wrappers of k-diffusion's scripts and A1111, or your own. :class:`UpsampleGuidedDenoiser` wraps one
-and is itself one, so every ``k_diffusion.sampling.sample_*`` (and ComfyUI- or A1111-style copies
-of them that follow the same contract) takes it unchanged::
+A denoiser is any ``inner(x, sigma, **extra_args) -> denoised`` (the x0 estimate of
+``x = x0 + σ·noise``). :class:`UpsampleGuidedDenoiser` wraps one and is one, so every
+``k_diffusion.sampling.sample_*`` takes it. Per call, with ``k = prod(factors)``::
 
-    import k_diffusion as K
-    from ug_core.adapters.k_diffusion import UpsampleGuidedDenoiser
+    denoised' = denoised + w·U[inner(D[x], σ/√k) − D[denoised]]
 
-    model = K.external.CompVisDenoiser(sd_model)  # trained at 64x64 latents
-    guided = UpsampleGuidedDenoiser(model, factors=(2, 2), scale=1.0, eta=0.6)
-    sigmas = model.get_sigmas(30)
-    x = torch.randn(1, 4, 128, 128) * sigmas[0]
-    samples = K.sampling.sample_dpmpp_2m(guided, x, sigmas, extra_args=extra_args)
-
-Per call, with ``k = prod(factors)`` (the maths is the core's; this module only maps sigma to it):
-
-``denoised' = denoised + w·U[inner(D[x], σ/√k) − D[denoised]]``
-
-``D[x]`` is already a valid sample at ``σ/√k`` (no power factor in sigma space), and the guidance
-is applied to the denoised (x0) output. The whole batch, conditional and unconditional halves
-included, goes through one low-resolution call, and none is made where ``w == 0``.
-
-Importing this module imports neither k-diffusion nor anything from it.
+Importing this module does not import k-diffusion. Design notes: ``docs/design.md``.
 """
 
 from __future__ import annotations
@@ -107,10 +89,10 @@ def discrete_time_fraction(schedule: Any) -> Callable[[torch.Tensor], torch.Tens
     last = len(schedule.sigmas) - 1
 
     def fraction(sigma: torch.Tensor) -> torch.Tensor:
-        """Return the time fraction of each sigma, float64 on the CPU."""
+        """Return the time fraction of each sigma, on the sigmas' own device and dtype."""
         ref = schedule.sigmas
         t = schedule.sigma_to_t(sigma.to(device=ref.device, dtype=ref.dtype))
-        return t.to(device="cpu", dtype=torch.float64) / last
+        return t.to(device=sigma.device, dtype=sigma.dtype) / last
 
     return fraction
 
@@ -174,47 +156,26 @@ def _forwarding_getattr(self: nn.Module, name: str) -> Any:
 class UpsampleGuidedDenoiser(nn.Module):
     """A k-diffusion denoiser with upsample guidance: ``guided(x, sigma, **extra_args)``.
 
-    ``inner`` is the denoiser trained at the low resolution: ``inner(x, sigma, **extra_args)``
-    returns the x0 estimate (``denoised``) of ``x = x0 + σ·noise``. ``factors`` are the integer
-    upsampling factors of the trailing axes (``(2, 2)``: 2x in height and width, ``k = 4``).
+    - ``inner``: the denoiser trained at the low resolution, ``inner(x, σ, **extra_args) -> x0``.
+    - ``factors``: integer upsampling factors of the trailing axes (``(2, 2)``: ``k = 4``).
+    - ``scale``: θ, a float or a callable of the time fraction (1 = noisiest) returning w.
+    - ``eta``: η; guidance is on while the time fraction is ``>= 1 − η``. The time fraction of σ
+      is ``sigma_to_t(σ)/(N − 1)`` for a discrete model (found on ``inner`` or down its
+      ``inner_model`` chain), else the position of ``log σ`` in ``[log sigma_min,
+      log sigma_max]`` (default EDM's 0.002 to 80); ``fraction`` replaces either mapping.
+    - ``below_range``: where ``σ/√k < sigma_min``, ``"clamp"`` (call at ``sigma_min``),
+      ``"skip"`` (no guidance there) or ``"error"``.
+    - ``time_matching``: ``"exact"`` or ``"nearest"`` (the same in sigma space), ``"off"``
+      (ablation: the low call at σ).
+    - ``low_res_inputs(args, kwargs, factors) -> (args, kwargs)``: adapts resolution-dependent
+      extra_args for the low-resolution call.
+    - ``device_time``: a sigma on a GPU is ``"read"`` (default: one copy to the host per call,
+      so steps outside the η window make no low call; k-diffusion's samplers read sigmas on the
+      host every step anyway) or ``"compute"`` (no copy: the guidance is computed on the device
+      and the low call made at every step); see :class:`~ug_core.UpsampleGuidance`.
 
-    **Scale over time (the paper's θ, η), gated by sigma.** ``scale`` is θ: a float, or a callable
-    of the time fraction (a float in [0, 1], 1 = noisiest) returning w. ``eta`` is η: guidance is on
-    while the time fraction is ``>= 1 − η``, i.e. during the noisiest η of the time axis, whatever
-    steps the sampler takes (Heun, DPM adaptive and friends keep no step count). Sigma maps to the
-    time fraction so:
-
-    - discrete models (``inner``, or an ``inner.inner_model`` down the chain, has ``sigma_to_t`` and
-      ``sigmas``, as k-diffusion's ``DiscreteEpsDDPMDenoiser``, ``DiscreteVDDPMDenoiser``,
-      ``CompVisDenoiser`` do): ``sigma_to_t(σ)/(N − 1)``, the model's own timestep over the last
-      one, i.e. the paper's t/T. ``sigma_min``/``sigma_max`` default to the model's sigma range.
-    - continuous models (anything else, e.g. ``k_diffusion.layers.Denoiser``): the position of
-      ``log σ`` between ``log sigma_min`` and ``log sigma_max``, clipped to [0, 1]; the range
-      defaults to EDM's (0.002, 80). Pass the range your model was trained on.
-
-    ``fraction`` replaces either mapping: a callable from a float64 sigma tensor to fractions
-    (e.g. ``lambda s: v_denoiser.sigma_to_t(s)`` for a v-diffusion model, whose t is in [0, 1]).
-
-    **Below sigma_min.** Near the end of sampling ``σ/√k`` falls below the model's ``sigma_min``
-    (for Stable Diffusion's schedule, for every ``σ < 0.058`` at k = 4). ``below_range``:
-
-    - ``"clamp"`` (default): the low-resolution call is made at ``sigma_min``. Its input ``D[x]`` is
-      then slightly less noisy than the model assumes: a negligible mismatch at the clean end
-      (both denoisers are then close to the identity, so the correction is small either way), and
-      what a discrete model does anyway (its ``sigma_to_t`` clamps any smaller sigma to t = 0).
-      The guidance stays continuous in sigma instead of switching off abruptly near the end.
-    - ``"skip"``: the guidance is off for those batch elements (their output is ``inner``'s, bit
-      for bit); no low-resolution call is made when every element is below.
-    - ``"error"``: raise a ValueError.
-
-    ``time_matching``: ``"exact"`` (default, :data:`DEFAULT_TIME_MATCHING`) or ``"nearest"`` (the
-    same in sigma space), or ``"off"`` (the low call at σ itself: an ablation only).
-    ``low_res_inputs(args, kwargs, factors) -> (args, kwargs)`` adapts extra_args that depend on
-    the resolution (e.g. concatenated image conditioning) for the low-resolution call.
-
-    Attributes: ``inner_model`` (the wrapped denoiser, as in k-diffusion's wrappers), ``guidance``
-    (the core :class:`~ug_core.UpsampleGuidance`), and, read through from the wrapped model's
-    discrete schedule, :data:`FORWARDED_ATTRIBUTES` (``guided.get_sigmas(n)`` etc.).
+    Attributes: ``inner_model``, ``guidance`` (the core :class:`~ug_core.UpsampleGuidance`), and
+    :data:`FORWARDED_ATTRIBUTES` read through from the wrapped model's discrete schedule.
     """
 
     def __init__(
@@ -230,6 +191,7 @@ class UpsampleGuidedDenoiser(nn.Module):
         time_matching: str = DEFAULT_TIME_MATCHING,
         fraction: Callable[[torch.Tensor], torch.Tensor] | None = None,
         low_res_inputs: LowResInputs | None = None,
+        device_time: str = "read",
     ) -> None:
         super().__init__()
         if not callable(inner):
@@ -253,6 +215,7 @@ class UpsampleGuidedDenoiser(nn.Module):
             time_matching=time_matching,
             eta=eta,
             below_range=below_range,
+            device_time=device_time,
         )
 
     __getattr__ = _forwarding_getattr
@@ -273,10 +236,17 @@ class UpsampleGuidedDenoiser(nn.Module):
         A plain number ``sigma`` is passed on as a tensor of one sigma per batch element, as the
         k-diffusion samplers pass it (``sigma * s_in``).
         """
+        host_time = None
         if isinstance(sigma, numbers.Real) and not isinstance(sigma, bool):
-            sigma = torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
+            host_time = float(sigma)
+            sigma = torch.full((x.shape[0],), host_time, dtype=x.dtype, device=x.device)
         return self.guidance(
-            self.inner_model, x, sigma, low_res_inputs=self.low_res_inputs, **extra_args
+            self.inner_model,
+            x,
+            sigma,
+            low_res_inputs=self.low_res_inputs,
+            host_time=host_time,
+            **extra_args,
         )
 
 
@@ -306,21 +276,11 @@ def _cat_halves(uncond: Any, cond: Any) -> Any:
 class CFGDenoiser(nn.Module):
     """Classifier-free guidance for a k-diffusion denoiser, both halves in one call.
 
-    The usual k-diffusion CFG wrapper (as in k-diffusion's scripts and A1111):
-    ``cfg(x, sigma, uncond=..., cond=..., cond_scale=...)`` calls
+    ``cfg(x, σ, uncond=..., cond=..., cond_scale=...)`` calls
     ``inner(cat[x, x], cat[σ, σ], cond=cat[uncond, cond], **extra_args)`` once and returns
-    ``u + (c − u)·cond_scale``. ``uncond``/``cond`` are tensors or dicts/lists of tensors;
-    ``cond_scale`` is a float (the CFG scale).
-
-    It composes with :class:`UpsampleGuidedDenoiser` in either order with exactly one
-    low-resolution call per denoiser call, and both orders give the same result (UG is linear in
-    the two predictions, ug-math §10)::
-
-        guided = UpsampleGuidedDenoiser(CFGDenoiser(model), factors=(2, 2))  # UG(CFG(.))
-        guided = CFGDenoiser(UpsampleGuidedDenoiser(model, factors=(2, 2)))  # CFG(UG(.))
-        extra_args = {"cond": cond, "uncond": uncond, "cond_scale": 7.5}
-
-    UG(CFG(.)) finds a discrete model's schedule through ``inner_model``.
+    ``u + (c − u)·cond_scale``; ``uncond``/``cond`` are tensors or dicts/lists of tensors. It
+    composes with :class:`UpsampleGuidedDenoiser` in either order, with the same result and one
+    low-resolution call per denoiser call (ug-math §10).
     """
 
     def __init__(self, inner: Denoiser) -> None:

@@ -1,19 +1,8 @@
 """Raw DDPM (ancestral) and DDIM sampling loops over a :class:`~ug_core.DiscreteSchedule`.
 
-For users who write their own loop: any ``model(x, t, **extra_args) -> prediction`` (t an integer
-timestep tensor of shape ``(batch,)``), a schedule, a step count, a generator and an optional
-:class:`~ug_core.UpsampleGuidance`::
-
-    from ug_core import DiscreteSchedule, UpsampleGuidance
-    from ug_core.adapters.loops import sample_ddim
-
-    schedule = DiscreteSchedule.linear()
-    guide = UpsampleGuidance(schedule, factors=(2, 2), scale=1.0)
-    x0 = sample_ddim(model, schedule, 50, torch.Generator().manual_seed(0), guide,
-                     shape=(4, 3, 64, 64))
-
-Timesteps are evenly spaced from N − 1 down to 0 ("trailing" spacing), and the last step goes to
-ᾱ = 1, i.e. returns the final x0 estimate's image.
+``model(x, t, **extra_args) -> prediction``, with ``t`` an integer timestep tensor of shape
+``(batch,)``; an optional :class:`~ug_core.UpsampleGuidance` wraps it. Timesteps are evenly spaced
+from N − 1 down to 0, and the last step goes to ᾱ = 1 (it returns the final x0 estimate).
 """
 
 from __future__ import annotations
@@ -69,7 +58,7 @@ def _sample(
     generator: torch.Generator | None,
     guidance: UpsampleGuidance | None,
     *,
-    eta: float,
+    ddim_eta: float,
     shape: Sequence[int] | None,
     noise: torch.Tensor | None,
     prediction: str | None,
@@ -80,7 +69,7 @@ def _sample(
     device: torch.device | str | None,
     desc: str,
 ) -> torch.Tensor:
-    """The generalised DDIM loop (η = 0: DDIM, η = 1: DDPM ancestral on the strided steps)."""
+    """The generalised DDIM loop (``ddim_eta`` 0: DDIM, 1: DDPM ancestral on the strided steps)."""
     if not isinstance(schedule, DiscreteSchedule):
         raise TypeError(f"schedule must be a DiscreteSchedule, got {type(schedule).__name__}")
     if guidance is not None and not isinstance(guidance, UpsampleGuidance):
@@ -91,22 +80,26 @@ def _sample(
                 f"prediction={prediction!r} differs from the guidance's {guidance.prediction!r}"
             )
         prediction = guidance.prediction
-        model = guidance.wrap(model)
     prediction = normalize_prediction(prediction or "epsilon")
     extra_args = extra_args or {}
     x = _initial_noise(shape, noise, generator, dtype, device)
     ts = loop_timesteps(schedule, steps)
+    if guidance is not None:
+        guidance.precompute(ts)  # the loop's times are known on the host: nothing is read back
     ac = schedule.alphas_cumprod
     for i, t in enumerate(tqdm(ts.tolist(), desc=desc, disable=not progress)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        pred = model(x, t_batch, **extra_args)
+        if guidance is None:
+            pred = model(x, t_batch, **extra_args)
+        else:
+            pred = guidance(model, x, t_batch, host_time=t, **extra_args)
         a_t, s_t = ac[t].sqrt().item(), (1 - ac[t]).sqrt().item()
         ac_prev = ac[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
         x0 = prediction_to_x0(pred, x, a_t, s_t, prediction)
         if clip_sample is not None:
             x0 = x0.clamp(-clip_sample, clip_sample)
         eps = x0_to_prediction(x0, x, a_t, s_t, "epsilon")
-        var = eta**2 * (1 - ac_prev) / (1 - ac[t].item()) * (1 - ac[t].item() / ac_prev)
+        var = ddim_eta**2 * (1 - ac_prev) / (1 - ac[t].item()) * (1 - ac[t].item() / ac_prev)
         x = ac_prev**0.5 * x0 + max(1 - ac_prev - var, 0.0) ** 0.5 * eps
         if var > 0:
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -123,7 +116,7 @@ def sample_ddim(
     *,
     shape: Sequence[int] | None = None,
     noise: torch.Tensor | None = None,
-    eta: float = 0.0,
+    ddim_eta: float = 0.0,
     prediction: str | None = None,
     extra_args: dict[str, Any] | None = None,
     clip_sample: float | None = None,
@@ -131,13 +124,16 @@ def sample_ddim(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """DDIM sampling (deterministic for ``eta=0``); returns the final sample x0.
+    """DDIM sampling; returns the final sample x0.
 
-    ``prediction`` defaults to the guidance's, else ``"epsilon"``. Pass ``shape`` to draw x_T from
-    ``generator``, or ``noise`` to give x_T. ``extra_args`` reach every model call (both branches).
+    ``ddim_eta`` is DDIM's stochasticity (Song et al. 2021): 0 (default) is deterministic DDIM, 1
+    is DDPM ancestral sampling on the strided steps. (Upsample guidance's own η, the gate on the
+    time axis, is ``UpsampleGuidance(eta=...)``.) ``prediction`` defaults to the guidance's, else
+    ``"epsilon"``. Pass ``shape`` to draw x_T from ``generator``, or ``noise`` to give x_T.
+    ``extra_args`` reach every model call (both branches).
     """
     return _sample(
-        model, schedule, steps, generator, guidance, eta=eta, shape=shape, noise=noise,
+        model, schedule, steps, generator, guidance, ddim_eta=ddim_eta, shape=shape, noise=noise,
         prediction=prediction, extra_args=extra_args, clip_sample=clip_sample,
         progress=progress, dtype=dtype, device=device, desc="DDIM",
     )  # fmt: skip
@@ -161,11 +157,11 @@ def sample_ddpm(
 ) -> torch.Tensor:
     """DDPM ancestral sampling: each step draws x_prev from the posterior q(x_prev | x_t, x0̂).
 
-    With fewer steps than the schedule has, the posterior is that of the strided chain (DDIM with
-    η = 1). Other arguments as in :func:`sample_ddim`.
+    With fewer steps than the schedule has, the posterior is that of the strided chain
+    (:func:`sample_ddim` with ``ddim_eta=1``). Other arguments as in :func:`sample_ddim`.
     """
     return _sample(
-        model, schedule, steps, generator, guidance, eta=1.0, shape=shape, noise=noise,
+        model, schedule, steps, generator, guidance, ddim_eta=1.0, shape=shape, noise=noise,
         prediction=prediction, extra_args=extra_args, clip_sample=clip_sample,
         progress=progress, dtype=dtype, device=device, desc="DDPM",
     )  # fmt: skip

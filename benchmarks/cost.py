@@ -8,9 +8,9 @@ From the repository root::
 Every method samples the same ``--n`` seeds with ``--steps`` DDIM steps on the embedded model, in
 one process, interleaved over ``--repeats`` rounds (the median wall time counts), so that all ratios
 to naive come from one run on one machine. Model calls and the pixels they process are counted at
-the model function. Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` above the allocation
-before the method; on the CPU (Linux), the peak resident set size during the method above the
-resident size before it: the kernel's high-water mark (VmHWM) is reset through
+the UNet (``baselines.CallCounter``). Peak memory: on CUDA, ``torch.cuda.max_memory_allocated``
+above the allocation before the method; on the CPU (Linux), the peak resident set size during the
+method above the resident size before it: the kernel's high-water mark (VmHWM) is reset through
 ``/proc/self/clear_refs`` before each method, and glibc is told to serve allocations of 64 KiB and
 more by mmap so that freed tensors leave the resident set at once (else a method could reuse memory
 an earlier one freed and look free). tracemalloc cannot see torch's allocations.
@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 sys.path.insert(0, str(ROOT))
 
+from baselines import CallCounter  # noqa: E402
+
 
 def methods(factor: int) -> list[tuple[str, dict]]:
     """(name, options) of every method at one factor."""
@@ -57,9 +59,10 @@ def methods(factor: int) -> list[tuple[str, dict]]:
 
 def run_method(model, factor: int, opts: dict, n: int, steps: int, batch: int) -> torch.Tensor:
     """Sample one method (the same seeds as every other)."""
+    from baselines import sdedit
     from quality import lanczos
 
-    from ug_core.demo.model import default_labels, generate, initial_noise, low_res_noise, sdedit
+    from ug_core.demo.model import default_labels, generate, initial_noise, low_res_noise
 
     size = (32 * factor, 32 * factor)
     fac = (factor, factor)
@@ -124,9 +127,11 @@ def measure_factor(model, factor: int, args) -> dict:
     counts: dict[str, dict] = {}
     peaks: dict[str, int] = {}
     run_method(model, factor, {}, min(args.n, 4), 2, args.batch_size)  # warm-up
+    counter = CallCounter()
+    hook = counter.attach(model)
     for r in range(args.repeats):
         for name, opts in table:
-            model.counter.reset()
+            counter.reset()
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
@@ -138,7 +143,7 @@ def measure_factor(model, factor: int, args) -> dict:
             _sync(device)
             times[name].append(time.perf_counter() - t)
             if r == 0:
-                c = model.counter
+                c = counter
                 counts[name] = {
                     "calls": c.calls,
                     "pixels": c.pixels,
@@ -149,6 +154,7 @@ def measure_factor(model, factor: int, args) -> dict:
                 elif args.memory:
                     peaks[name] = _cpu_peak_bytes(base)
         print(f"  round {r + 1}/{args.repeats} done", flush=True)
+    hook.remove()
     naive_t = statistics.median(times["naive"])
     naive_calls = counts["naive"]
     rows = {}

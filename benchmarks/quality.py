@@ -93,8 +93,10 @@ def _row(measured: tuple, ref_areas: np.ndarray, ref_feats: np.ndarray, seconds:
 
 def run_factor(model, factor: int, args, pool) -> dict:
     """All methods at one factor; returns {method: metrics}."""
+    from baselines import sdedit
+
     from ug_core.demo import shapes
-    from ug_core.demo.model import default_labels, generate, initial_noise, low_res_noise, sdedit
+    from ug_core.demo.model import default_labels, generate, initial_noise, low_res_noise
 
     n, steps = args.n, args.steps
     size = (32 * factor, 32 * factor)

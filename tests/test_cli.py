@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -87,8 +88,8 @@ def test_parse_factors_and_size():
     assert parse_factors("3") == (3, 3)
     assert parse_factors("2x3") == (2, 3) == parse_factors("2,3")
     assert parse_factors("1x2") == (1, 2)
-    for bad in ("0", "x", "2x3x4", "1", "-2", "2.5"):
-        with pytest.raises(ValueError, match="--factor"):
+    for bad in ("0", "x", "2x3x4", "1", "1x1", "-2", "2.5", "0x2"):
+        with pytest.raises(ValueError, match=r"--factor .*integer >= 2 .*not both 1"):
             parse_factors(bad)
     assert parse_size("64") == (64, 64) and parse_size("64x96") == (64, 96)
     with pytest.raises(ValueError, match="--size"):
@@ -117,6 +118,52 @@ def test_default_out_folder(tmp_path, capsys, monkeypatch):
     assert (made[0] / "ug-seed3.png").is_file()
 
 
+def test_non_square_size_with_one_factor(tmp_path, capsys):
+    """The documented way to a non-square image: UG guides towards a 32x48 sample."""
+    out = tmp_path / "wide"
+    rc, _, err = _run(["sample", *FAST, "--size", "64x96", "--factor", "2", "--out", str(out)],
+                      capsys)  # fmt: skip
+    assert rc == 0, err
+    assert Image.open(out / "ug-seed0.png").size == (96, 64)  # (width, height)
+    assert Image.open(out / "bicubic-seed0.png").size == (96, 64)
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["size"] == [64, 96] and result["factor"] == [2, 2]
+
+
+def test_help_documents_non_square_sizes_and_the_null_class(capsys):
+    rc, help_text, _ = _run(["sample", "--help"], capsys)
+    text = " ".join(help_text.split())
+    assert rc == 0
+    assert "--size 64x96 --factor 2" in text and "stretch the content" in text
+    assert "not for height against width" in text
+    assert "none: the null class" in text and "unconditional" in text
+
+
+def test_grid_rows_are_labelled_with_seed_and_class(tmp_path, capsys):
+    out = tmp_path / "labels"
+    rc, _, err = _run(["sample", *FAST, "--n", "3", "--seed", "5", "--out", str(out)], capsys)
+    assert rc == 0, err
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["seeds"] == [5, 6, 7]
+    assert result["classes"] == ["square", "triangle", "cross"]  # (seed + i) mod 4
+    grid = np.asarray(Image.open(out / "grid.png").convert("L"))
+    tile = 128 + 4  # 64x64 samples shown at zoom 2, 4 px apart
+    label_w = grid.shape[1] - 3 * tile - 4  # what the three columns leave on the left
+    assert label_w >= 6 * len("triangle")  # room for "seed N" and the class name
+    for r in range(3):  # each row's label strip carries text
+        strip = grid[22 + r * tile : 22 + (r + 1) * tile - 4, :label_w]
+        assert (strip < 128).any(), r
+
+
+def test_class_none_is_the_null_class(tmp_path, capsys):
+    out = tmp_path / "none"
+    rc, _, err = _run(["sample", *FAST, "--class", "none", "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert json.loads((out / "metrics.json").read_text())["classes"] == ["none (null class)"]
+    rc, _, err = _run(["sample", *FAST, "--class", "hexagon", "--out", str(out)], capsys)
+    assert rc == 2 and "none (the null class: unconditional samples)" in err
+
+
 def test_anisotropic_factor_and_class(tmp_path, capsys):
     out = tmp_path / "aniso"
     argv = ["sample", *FAST, "--factor", "2x3", "--class", "triangle", "--cfg", "1", "--out"]
@@ -132,7 +179,9 @@ def test_model_unet_folder(tmp_path, folders, capsys):
                            capsys)  # fmt: skip
     assert rc == 0, err
     assert Image.open(out / "naive-seed0.png").size == (32, 32)
-    assert "seconds" in stdout
+    # No wall times: the first method would pay the warm-up (benchmarks/cost.py measures cost).
+    assert "seconds" not in stdout
+    assert "seconds" not in json.loads((out / "metrics.json").read_text())
 
 
 def test_model_ddpm_pipeline_folder(tmp_path, folders, capsys):
@@ -163,8 +212,13 @@ ERRORS = [
     (["--steps", "0"], 2, "--steps"),
     (["--steps", "5000"], 2, "exceeds"),
     (["--n", "x"], 2, "--n"),
-    (["--factor", "3", "--size", "64"], 2, "does not divide the height 64"),
-    (["--factor", "2x3", "--size", "64x64"], 2, "does not divide the width 64"),
+    (["--factor", "1"], 2, "does not upsample"),
+    (
+        ["--factor", "3", "--size", "64"],
+        2,
+        "--size 64x64 has sizes (64, 64) that the factors (3, 3)",
+    ),
+    (["--factor", "2x3", "--size", "64x64"], 2, "(64 % 3 = 1: use 63 or 66)"),
     (["--model", "{root}/missing"], 2, "no such file or folder"),
     (["--model", "{root}/empty"], 2, "holds no UNet2DModel"),
     (["--model", "{root}/a_file"], 2, "is not a folder"),
@@ -177,9 +231,11 @@ ERRORS = [
     (["--pipeline", "{root}/empty", "--prompt", "x"], 2, "no model_index.json"),
     (["--pipeline", "{root}/sd"], 2, "--pipeline needs --prompt"),
     (["--pipeline", "{root}/sd_no_text", "--prompt", "x"], 2, "has no text_encoder"),
-    (["--pipeline", "{root}/sd", "--prompt", "x", "--size", "40"], 2, "does not divide"),
+    (["--pipeline", "{root}/sd", "--prompt", "x", "--size", "40"], 2, "needs multiples of 8"),
     (["--model", "{root}/unet", "--pipeline", "{root}/sd"], 2, "not allowed with"),
     (["--out", "{root}/a_file"], 2, "not a folder"),
+    (["--out", "{root}/a_file/sub"], 2, "a_file' is a file, not a folder"),
+    (["--out", "/proc/ug-out"], 2, "--out '/proc/ug-out' is not writable"),
 ]
 
 
@@ -204,7 +260,7 @@ def test_errors_in_a_subprocess(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     cases = [
         (["sample", "--model", str(tmp_path / "nope")], "no such file or folder"),
-        (["sample", "--factor", "3", "--size", "64"], "does not divide"),
+        (["sample", "--factor", "3", "--size", "64"], "do not divide"),
     ]
     code = "import sys; from ug_core.cli import main; sys.exit(main(sys.argv[1:]))"
     for argv, message in cases:
@@ -215,3 +271,59 @@ def test_errors_in_a_subprocess(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr
         assert "Traceback" not in proc.stderr + proc.stdout
+
+
+NO_TORCH = """
+import sys
+from ug_core.cli import main
+rc = main(sys.argv[1:])
+print("torch imported" if "torch" in sys.modules else "torch not imported")
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sample", "--factor", "0"], "--factor must be an integer >= 2"),
+        (["sample", "--bogus"], "unrecognized arguments"),
+        (["sample", "--eta", "2"], "--eta must be a number in [0.0, 1.0]"),
+        (["sample", "--out", "{tmp}/a_file/out"], "is a file, not a folder"),
+        (["sample", "--out", "/proc/ug-out"], "is not writable"),
+    ],
+)
+def test_bad_arguments_and_out_fail_before_torch_is_imported(argv, message, tmp_path):
+    """Parse errors and an unwritable --out exit 2 at once: torch is never imported."""
+    (tmp_path / "a_file").write_text("x")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *argv], capture_output=True, text=True, cwd=tmp_path,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()[-1]) > 0 and "Traceback" not in proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "torch not imported"
+
+
+def test_help_does_not_import_torch():
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, "sample", "--help"], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "--factor" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "torch not imported"
+
+
+def test_comfyui_install(tmp_path, capsys):
+    from ug_core.cli import main
+
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "custom_nodes").mkdir(parents=True)
+    assert main(["comfyui-install", str(comfy)]) == 0
+    node = comfy / "custom_nodes" / "upsample_guidance.py"
+    assert "from ug_core.adapters.comfyui import NODE_CLASS_MAPPINGS" in node.read_text()
+    assert str(node) in capsys.readouterr().out
+    assert main(["comfyui-install", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a directory" in err and err.count("\n") == 2  # usage line + one message

@@ -154,3 +154,17 @@ def test_training_script_runs_on_cpu_and_is_reproducible(tmp_path):
     unet = UNet2DModel.from_pretrained(tmp_path / "a")
     assert unet.config.sample_size == 32 and unet.config.num_class_embeds == 5
     assert (tmp_path / "a" / "scheduler_config.json").exists()
+
+
+def test_generate_separates_the_guidance_gate_from_ddim_eta():
+    """``eta`` gates UG on the time axis; ``ddim_eta`` is DDIM's stochasticity (seeded)."""
+    from ug_core.demo.model import generate
+
+    model = load()
+    kw = dict(n=1, size=32, seed=3, steps=3, progress=False)
+    plain = generate(model, **kw)
+    assert torch.equal(plain, generate(model, ddim_eta=0.0, **kw))
+    noisy = generate(model, ddim_eta=1.0, **kw)
+    assert torch.equal(noisy, generate(model, ddim_eta=1.0, **kw)) and not torch.equal(noisy, plain)
+    kw = dict(n=1, size=64, seed=3, steps=3, factors=(2, 2), progress=False)
+    assert not torch.equal(generate(model, eta=1.0, **kw), generate(model, eta=0.5, **kw))

@@ -20,7 +20,6 @@ from diffusers_models import (
     tiny_ddpm_pipeline,
     tiny_sd_pipeline,
     tiny_unet,
-    tiny_vae,
 )
 from ug_core.adapters.diffusers import (
     apply_upsample_guidance,
@@ -138,20 +137,46 @@ def test_apply_twice_replaces():
     assert len(pipe.unet._forward_hooks) == 1 and len(pipe.unet._forward_pre_hooks) == 1
 
 
-def test_a_unet_shared_by_two_pipelines_is_guided_once():
+def test_a_unet_shared_by_two_pipelines_is_guided_only_by_its_own_application():
+    """Applying to one pipeline never changes another that shares its UNet."""
     from diffusers import StableDiffusionPipeline
 
     first = tiny_sd_pipeline()
     second = StableDiffusionPipeline(**first.components, requires_safety_checker=False)
     second.set_progress_bar_config(disable=True)
+    plain = second(**sd_call_kwargs(steps=2)).images
     apply_upsample_guidance(first, (2, 2), 1.0)
-    apply_upsample_guidance(second, (2, 2), 1.0)
-    assert not is_upsample_guided(first) and is_upsample_guided(second)
+    assert is_upsample_guided(first) and not is_upsample_guided(second)
     rec = ForwardRecorder(second.unet)
-    second(**sd_call_kwargs(steps=2))
+    assert torch.equal(second(**sd_call_kwargs(steps=2)).images, plain)
+    assert low_calls(rec, (16, 16)) == 0
+    first_guided = first(**sd_call_kwargs(steps=2)).images
     assert low_calls(rec, (16, 16)) == 2
+    # Both applied, each with its own options; removing one leaves the other.
+    apply_upsample_guidance(second, (2, 2), 3.0)
+    assert is_upsample_guided(first) and is_upsample_guided(second)
+    assert torch.equal(first(**sd_call_kwargs(steps=2)).images, first_guided)
+    second_guided = second(**sd_call_kwargs(steps=2)).images
+    assert not torch.equal(second_guided, first_guided)
+    remove_upsample_guidance(first)
+    assert not is_upsample_guided(first) and is_upsample_guided(second)
+    assert torch.equal(first(**sd_call_kwargs(steps=2)).images, plain)
+    assert torch.equal(second(**sd_call_kwargs(steps=2)).images, second_guided)
     remove_upsample_guidance(second)
     assert not second.unet._forward_hooks and "check_inputs" not in second.__dict__
+    assert "_upsample_guidance" not in second.unet.__dict__
+
+
+def test_direct_calls_outside_the_pipeline_are_not_guided():
+    pipe = tiny_sd_pipeline()
+    x, ehs = torch.randn(2, 4, 16, 16), torch.randn(2, 4, EMBED_DIM)
+    plain = pipe.unet(x, 500, encoder_hidden_states=ehs).sample
+    apply_upsample_guidance(pipe, (2, 2), 1.0)
+    assert torch.equal(pipe.unet(x, 500, encoder_hidden_states=ehs).sample, plain)
+    with pipe.progress_bar(total=1):  # while the pipeline samples, its UNet calls are guided
+        guided = pipe.unet(x, 500, encoder_hidden_states=ehs).sample
+    assert not torch.equal(guided, plain)
+    assert torch.equal(pipe.unet(x, 500, encoder_hidden_states=ehs).sample, plain)
 
 
 def test_cfg_batch_goes_through_one_low_call_per_step():
@@ -299,7 +324,8 @@ def test_lora_scale_in_cross_attention_kwargs_passes_through():
     rec = ForwardRecorder(pipe.unet)
     extra = {"scale": 0.5}
     x, ehs = torch.randn(2, 4, 16, 16), torch.randn(2, 4, EMBED_DIM)
-    pipe.unet(x, 500, encoder_hidden_states=ehs, cross_attention_kwargs=extra)
+    with pipe.progress_bar(total=1):
+        pipe.unet(x, 500, encoder_hidden_states=ehs, cross_attention_kwargs=extra)
     high, low = rec.calls[0][0], rec.calls[1][0]
     assert low["sample"].shape == (2, 4, 8, 8)
     assert high["cross_attention_kwargs"] is extra and low["cross_attention_kwargs"] is extra
@@ -351,25 +377,17 @@ def test_real_peft_lora_passes_through_untouched():
 # ----------------------------------------------------------------------------------- errors
 
 
-def test_error_pipeline_without_unet():
-    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
-
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        out_channels=8,
-        num_layers=1,
-        sample_size=8,
-        patch_size=2,
-        num_embeds_ada_norm=10,
-        norm_num_groups=8,
-    )
-    pipe = DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=DDIMScheduler())
-    with pytest.raises(TypeError, match=r"DiTPipeline \(it has transformer\)"):
-        apply_upsample_guidance(pipe)
-    with pytest.raises(TypeError, match="pipe.unet"):
-        apply_upsample_guidance(SimpleNamespace(scheduler=ddim_scheduler()))
+def test_error_pipeline_without_a_supported_denoiser():
+    with pytest.raises(
+        TypeError, match=r"Linear is not a supported denoiser\. Supported families: "
+    ):
+        apply_upsample_guidance(
+            SimpleNamespace(transformer=torch.nn.Linear(2, 2), scheduler=ddim_scheduler())
+        )
+    with pytest.raises(TypeError, match=r"UNet: UNet2DConditionModel.*Flux: FluxTransformer2D"):
+        apply_upsample_guidance(SimpleNamespace(unet=torch.nn.Conv2d(4, 4, 1)))
+    with pytest.raises(TypeError, match=r"pipe.unet or pipe.transformer.*\(it has prior\)"):
+        apply_upsample_guidance(SimpleNamespace(scheduler=ddim_scheduler(), prior=object()))
 
 
 @pytest.mark.parametrize(
@@ -402,7 +420,8 @@ def test_error_unsupported_unet_and_schedulers():
     with pytest.raises(ValueError, match="in_channels=4 and out_channels=6"):
         apply_upsample_guidance(pipe)
     pipe = tiny_sd_pipeline(scheduler=FlowMatchEulerDiscreteScheduler())
-    with pytest.raises(TypeError, match="FlowMatchEulerDiscreteScheduler has no alphas_cumprod"):
+    expected = "predicts epsilon or sample or v_prediction, but the scheduler FlowMatchEuler"
+    with pytest.raises(ValueError, match=expected + "DiscreteScheduler is set up for 'flow'"):
         apply_upsample_guidance(pipe)
     euler = EulerDiscreteScheduler(
         timestep_type="continuous", prediction_type="v_prediction", steps_offset=1
@@ -420,9 +439,14 @@ def test_error_height_before_any_model_call():
     with pytest.raises(ValueError, match=r"width=40 gives a latent width of 20"):
         pipe(**sd_call_kwargs(height=48, width=40))
     assert rec.calls == [] and vae.calls == []
-    # a direct UNet call: the check runs before the UNet does
-    with pytest.raises(ValueError, match="latent height 16 is not a multiple of 3"):
-        pipe.unet(torch.zeros(1, 4, 16, 18), 10, encoder_hidden_states=torch.zeros(1, 4, 32))
+    # a UNet call while the pipeline samples: the check runs before the UNet does
+    with pytest.raises(
+        ValueError,
+        match=r"latent grid \(factors\) has sizes \(16, 18\) that "
+        r"the factors \(3, 3\) do not divide \(16 % 3 = 1: use 15 or 18\)",
+    ):
+        with pipe.progress_bar(total=1):
+            pipe.unet(torch.zeros(1, 4, 16, 18), 10, encoder_hidden_states=torch.zeros(1, 4, 32))
     assert rec.calls == []
     pipe(**sd_call_kwargs(height=48, width=48, steps=1))  # 24 x 24 latents: fine
     assert len(rec.calls) == 2  # the high and the low call
@@ -441,7 +465,7 @@ def test_error_controlnet_residual_not_divisible():
     pipe = tiny_controlnet_pipeline()
     apply_upsample_guidance(pipe, (2, 2), 1.0)
     # 20 x 20 latents: the second UNet level is 10 x 10, fine; height 36 -> 18 -> 9 is not.
-    with pytest.raises(ValueError, match=r"down_block_additional_residuals has spatial size"):
+    with pytest.raises(ValueError, match=r"down_block_additional_residuals has trailing sizes"):
         pipe(image=control_image(36, 36), **sd_call_kwargs(height=36, width=36, steps=1))
 
 
@@ -449,7 +473,9 @@ def test_error_frames_before_any_model_call():
     pipe = tiny_animatediff_pipeline()
     apply_upsample_guidance(pipe, (2, 1, 1), 1.0)
     rec = ForwardRecorder(pipe.unet)
-    with pytest.raises(ValueError, match=r"num_frames=3 is not divisible by the temporal factor"):
+    with pytest.raises(
+        ValueError, match=r"num_frames=3 gives 3 latent frames: .* \(factor 2\) has sizes \(3,\)"
+    ):
         pipe(**animatediff_call_kwargs(frames=3))
     assert rec.calls == []
     pipe(**animatediff_call_kwargs(frames=2, steps=1))
@@ -460,38 +486,42 @@ def test_error_controlnet_called_with_undivided_latents():
     pipe = tiny_controlnet_pipeline()
     apply_upsample_guidance(pipe, (3, 3), 1.0)
     rec = ForwardRecorder(pipe.controlnet)
-    with pytest.raises(ValueError, match=r"ControlNet sample has latent size \(16, 18\)"):
-        pipe.controlnet(
-            torch.zeros(1, 4, 16, 18),
-            10,
-            encoder_hidden_states=torch.zeros(1, 4, EMBED_DIM),
-            controlnet_cond=torch.zeros(1, 3, 32, 36),
-        )
+    expected = r"the ControlNet sample has trailing sizes \(16, 18\) that the factors \(3, 3\)"
+    with pytest.raises(ValueError, match=expected):
+        with pipe.progress_bar(total=1):
+            pipe.controlnet(
+                torch.zeros(1, 4, 16, 18),
+                10,
+                encoder_hidden_states=torch.zeros(1, 4, EMBED_DIM),
+                controlnet_cond=torch.zeros(1, 3, 32, 36),
+            )
     assert rec.calls == []
 
 
 def test_error_unreadable_calls_and_inputs():
-    from ug_core.adapters.diffusers import _frame_mean, _low_time_ids, _pool, guided_unet
+    from ug_core.adapters.diffusers import guided_unet
+    from ug_core.adapters.diffusers.families import _frame_mean, _low_time_ids, _pool_frames
 
     pipe = tiny_sd_pipeline()
     with pytest.raises(TypeError, match="has no scheduler"):
         apply_upsample_guidance(SimpleNamespace(unet=pipe.unet, scheduler=None))
     apply_upsample_guidance(pipe, (2, 2), 1.0)
-    with pytest.raises(TypeError, match="cannot read the UNet call's arguments"):
-        pipe.unet(torch.zeros(1, 4, 16, 16), 10, bogus=1)
+    with pytest.raises(TypeError, match="called with 20 positional arguments; its forward takes"):
+        with pipe.progress_bar(total=1):
+            pipe.unet(*[None] * 20)
     remove_upsample_guidance(pipe)
     # per-frame embeddings with neither B nor B*F rows
     with pytest.raises(ValueError, match="encoder_hidden_states has 3 rows"):
         _frame_mean(torch.zeros(3, 4, 32), batch=1, frames=4, ft=2)
     # video residuals with the wrong number of rows, and a non-tensor residual
     with pytest.raises(ValueError, match="has 6 rows, expected batch x frames = 1 x 4"):
-        _pool(torch.zeros(6, 8, 4, 4), "down_block_additional_residuals", 1, 4, (2, 2, 2))
+        _pool_frames(torch.zeros(6, 8, 4, 4), "down_block_additional_residuals", 1, 4, (2, 2, 2))
     with pytest.raises(TypeError, match="must hold tensors"):
-        _pool([1.0], "mid_block_additional_residual", 1, None, (2, 2))
+        _pool_frames([1.0], "mid_block_additional_residual", 1, 4, (1, 2, 2))
     # SDXL refiner ids (aesthetic score kept) and an unknown layout
     refiner = torch.tensor([[1024.0, 768.0, 64.0, 32.0, 6.0]])
     assert _low_time_ids(refiner, 2, 4).tolist() == [[512.0, 192.0, 32.0, 8.0, 6.0]]
-    with pytest.raises(ValueError, match="sdxl_micro_conditioning='high'"):
+    with pytest.raises(ValueError, match="micro_conditioning='high'"):
         _low_time_ids(torch.zeros(1, 4), 2, 2)
     # the SDXL path in a real call with a bad layout
     from diffusers_models import tiny_sdxl_pipeline

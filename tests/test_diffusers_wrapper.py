@@ -30,7 +30,7 @@ def test_own_loop_equals_the_patched_pipeline():
     guided = guided_unet(pipe.unet, pipe.scheduler, (2, 2), 1.0, eta=0.6)
     assert isinstance(guided, GuidedUNet)
     assert guided.config is pipe.unet.config and guided.dtype == pipe.unet.dtype
-    assert "GuidedUNet(UNet2DConditionModel" in repr(guided)
+    assert "GuidedDenoiser(UNet2DConditionModel" in repr(guided)
     scheduler = pipe.scheduler
     scheduler.set_timesteps(steps)
     embeds = torch.cat([kwargs["negative_prompt_embeds"], kwargs["prompt_embeds"]])
@@ -45,10 +45,17 @@ def test_own_loop_equals_the_patched_pipeline():
 
     apply_upsample_guidance(pipe, (2, 2), 1.0, eta=0.6)
     assert torch.equal(pipe(**kwargs).images, x)
-    with pytest.raises(ValueError, match="already has upsample guidance"):
-        guided_unet(pipe.unet, pipe.scheduler)
+    # The wrapper bypasses the pipeline's application: the same UNet is guided once, not twice.
+    rec = ForwardRecorder(pipe.unet)
+    scheduler.set_timesteps(steps)
+    t = scheduler.timesteps[0]
+    x_in = torch.randn(2, 4, 16, 16)
+    with pipe.progress_bar(total=1):  # the pipeline's application is active meanwhile
+        both = guided(x_in, t, encoder_hidden_states=embeds).sample
+    assert len(rec.calls) == 2
+    rec.close()
     remove_upsample_guidance(pipe)
-    guided_unet(pipe.unet, pipe.scheduler)
+    assert torch.equal(guided(x_in, t, encoder_hidden_states=embeds).sample, both)
 
 
 def test_output_types_and_scale_zero():
@@ -81,13 +88,19 @@ def test_video_unet_temporal():
 
 def test_wrapper_errors():
     pipe = tiny_sd_pipeline()
-    with pytest.raises(TypeError, match="unet must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match="denoiser must be a torch.nn.Module"):
         guided_unet(lambda x, t: x, pipe.scheduler)
     guided = guided_unet(pipe.unet, pipe.scheduler, (2, 2), 1.0)
     rec = ForwardRecorder(pipe.unet)
-    with pytest.raises(ValueError, match="latent width 15 is not a multiple of 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"latent grid \(factors\) has sizes \(16, 15\) that the factors \(2, 2\) do "
+        r"not divide \(15 % 2 = 1: use 14 or 16\)",
+    ):
         guided(torch.zeros(1, 4, 16, 15), 10, encoder_hidden_states=torch.zeros(1, 4, EMBED_DIM))
-    with pytest.raises(ValueError, match="cannot apply to a UNet sample of shape"):
+    with pytest.raises(
+        ValueError, match=r"got a sample of shape \(1, 4, 2, 16, 16\); the UNet family takes"
+    ):
         guided(torch.zeros(1, 4, 2, 16, 16), 10, encoder_hidden_states=torch.zeros(1, 4, 32))
     assert rec.calls == []  # no UNet call before the errors
     with pytest.raises(ValueError, match="outside the schedule's timesteps"):

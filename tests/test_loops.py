@@ -126,3 +126,17 @@ def test_loop_errors():
         sample_ddim(eps_model, SCHED, 3, None, 1.0, shape=(1, 1, 4, 4), progress=False)
     with pytest.raises(ValueError, match=r"prediction must be one of"):
         sample_ddim(eps_model, SCHED, 3, shape=(1, 1, 4, 4), prediction="score", progress=False)
+
+
+def test_ddim_eta_is_the_ddim_stochasticity():
+    """ddim_eta=1 is the DDPM loop on the same steps; ddim_eta=0 the deterministic default."""
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    kw = dict(noise=noise, progress=False)
+    ddpm = sample_ddpm(eps_model, SCHED, 5, torch.Generator().manual_seed(0), **kw)
+    ddim1 = sample_ddim(eps_model, SCHED, 5, torch.Generator().manual_seed(0), ddim_eta=1.0, **kw)
+    assert torch.equal(ddim1, ddpm)
+    ddim0 = sample_ddim(eps_model, SCHED, 5, torch.Generator().manual_seed(0), ddim_eta=0.0, **kw)
+    assert torch.equal(ddim0, sample_ddim(eps_model, SCHED, 5, **kw))
+    assert not torch.equal(ddim0, ddim1)
+    with pytest.raises(TypeError, match="eta"):  # `eta` is the guidance gate, not a loop argument
+        sample_ddim(eps_model, SCHED, 5, eta=0.5, **kw)

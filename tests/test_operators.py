@@ -141,6 +141,20 @@ def test_sizes_not_divisible():
         downsample(torch.zeros(1, 8, 6), (2, 4))
 
 
+def test_check_divisible_names_the_sizes_and_the_nearest_multiples():
+    from ug_core import check_divisible
+
+    check_divisible((1, 3, 64, 96), (2, 3))  # divisible: no error
+    with pytest.raises(ValueError) as err:
+        check_divisible((64, 64), (3, 3), "--size 64x64")
+    assert str(err.value) == (
+        "--size 64x64 has sizes (64, 64) that the factors (3, 3) do not divide (64 % 3 = 1: use "
+        "63 or 66); choose sizes that are multiples of the factors"
+    )
+    with pytest.raises(ValueError, match=r"trailing sizes \(1, 6\) .* \(1 % 2 = 1: use 2\)"):
+        check_divisible((3, 1, 6), (2, 2), "x")  # 0 is no size
+
+
 def test_more_factors_than_axes():
     with pytest.raises(ValueError, match=r"3 factors \(2, 2, 2\) given for x with only 2 axes"):
         downsample(torch.zeros(4, 4), (2, 2, 2))

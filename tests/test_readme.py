@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -35,6 +40,30 @@ def test_ci_runs_the_readme_test_command_verbatim():
     test_command = [line for line in _shell_blocks()[0].splitlines() if "pytest" in line][0]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command.strip() in [line.strip() for line in ci]
+
+
+def test_the_test_command_installs_ci_pins_from_the_constraints_file():
+    """Exact pins are CI's (.ci/constraints.txt); the package's own requirements state ranges."""
+    test_command = [line for line in _shell_blocks()[0].splitlines() if "pytest" in line][0]
+    assert "-c .ci/constraints.txt" in test_command
+    pins = dict(
+        re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", line).groups()
+        for line in (ROOT / ".ci" / "constraints.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert pins["torch"].startswith("==") and pins["torchvision"].startswith("==")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
+    assert [r for r in requirements if "==" in r] == []
+
+
+def test_the_readme_runs_the_venv_tools():
+    """Commands in the README run .venv/bin/python, .venv/bin/pip and .venv/bin/ruff, never bare."""
+    lines = [line for block in _shell_blocks() for line in block.splitlines()]
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", README, flags=re.S))
+    bare = re.compile(r"(?:^|&& |; )(python3?|pip3?|ruff) (?!-m venv)")
+    offenders = [text for text in lines + spans if bare.search(text)]
+    assert offenders == []
 
 
 @pytest.mark.parametrize("index", range(len(_python_blocks())))

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from ug_core.adapters.loops import sample_ddim
 
-from ug_core import downsample
-from ug_core.testbed import GaussianTestbed, log_spectral_distance, run
+from ug_core import UpsampleGuidance, downsample
+from ug_core.testbed import GaussianTestbed, ddim, log_spectral_distance, run
 
 F64 = torch.float64
 
@@ -41,6 +42,27 @@ def test_eps_model_at_a_larger_size_is_the_trained_kernel():
     torch.testing.assert_close(big[:4], small[:4], rtol=0, atol=1e-12)
     torch.testing.assert_close(big[-4:], small[-4:], rtol=0, atol=1e-12)
     torch.testing.assert_close(big[4:12], torch.zeros(8, dtype=F64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("steps", [1, 7, 50])
+@pytest.mark.parametrize("scale", [None, 1.0])
+def test_testbed_ddim_is_the_loops_ddim_bit_for_bit(steps, scale):
+    """The pure core samples with its own DDIM; it must be the raw loop's, plain and guided."""
+    bed = GaussianTestbed((8, 8), (2, 2))
+    guide = None if scale is None else UpsampleGuidance(bed.schedule, (2, 2), scale)
+    noise = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(2), dtype=F64)
+    model = bed.eps_model if guide is None else guide.wrap(bed.eps_model)
+    ours = ddim(model, bed.schedule, steps, noise)
+    loops = sample_ddim(bed.eps_model, bed.schedule, steps, None, guide, noise=noise,
+                        progress=False)  # fmt: skip
+    assert torch.equal(ours, loops)
+
+
+def test_testbed_ddim_rejects_bad_steps():
+    bed = GaussianTestbed((8,), (2,))
+    for bad in (0, 1001, 2.0, True):
+        with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 1000\]"):
+            ddim(bed.eps_model, bed.schedule, bad, torch.zeros(1, 1, 8, dtype=F64))
 
 
 CASES = {

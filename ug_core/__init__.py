@@ -4,32 +4,52 @@ The core is framework-free: operators (:func:`downsample`, :func:`upsample`), no
 (:class:`DiscreteSchedule`, :class:`SigmaSchedule`, :class:`FlowSchedule`), parameterisations, the
 guidance scale over time (:func:`step_scale`), and one kernel (:func:`upsample_guidance`) that
 :class:`UpsampleGuidance` and every adapter in ``ug_core.adapters`` call.
+
+The names below are imported from their modules on first use, so that ``import ug_core`` (and the
+``ug`` command's argument parsing) does not import torch.
 """
 
-from .guidance import BELOW_RANGE, UpsampleGuidance, upsample_guidance
-from .operators import block_size, downsample, normalize_factors, upsample
-from .parameterizations import (
-    PREDICTIONS,
-    guidance_coefficients,
-    normalize_prediction,
-    prediction_to_x0,
-    x0_to_prediction,
-)
-from .scales import step_scale
-from .schedules import TIME_MATCHING, DiscreteSchedule, FlowSchedule, Match, SigmaSchedule
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+#: Public name → the submodule that defines it.
+_EXPORTS = {
+    "BELOW_RANGE": "guidance",
+    "UpsampleGuidance": "guidance",
+    "upsample_guidance": "guidance",
+    "block_size": "operators",
+    "check_divisible": "operators",
+    "downsample": "operators",
+    "normalize_factors": "operators",
+    "upsample": "operators",
+    "PREDICTIONS": "parameterizations",
+    "guidance_coefficients": "parameterizations",
+    "normalize_prediction": "parameterizations",
+    "prediction_to_x0": "parameterizations",
+    "x0_to_prediction": "parameterizations",
+    "step_scale": "scales",
+    "TIME_MATCHING": "schedules",
+    "DiscreteSchedule": "schedules",
+    "FlowSchedule": "schedules",
+    "Match": "schedules",
+    "SigmaSchedule": "schedules",
+}
+
 __all__ = [
     "BELOW_RANGE",
-    "PREDICTIONS",
-    "TIME_MATCHING",
     "DiscreteSchedule",
     "FlowSchedule",
     "Match",
+    "PREDICTIONS",
     "SigmaSchedule",
+    "TIME_MATCHING",
     "UpsampleGuidance",
     "block_size",
+    "check_divisible",
     "downsample",
     "guidance_coefficients",
     "normalize_factors",
@@ -40,3 +60,31 @@ __all__ = [
     "upsample_guidance",
     "x0_to_prediction",
 ]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from .guidance import BELOW_RANGE, UpsampleGuidance, upsample_guidance
+    from .operators import block_size, check_divisible, downsample, normalize_factors, upsample
+    from .parameterizations import (
+        PREDICTIONS,
+        guidance_coefficients,
+        normalize_prediction,
+        prediction_to_x0,
+        x0_to_prediction,
+    )
+    from .scales import step_scale
+    from .schedules import TIME_MATCHING, DiscreteSchedule, FlowSchedule, Match, SigmaSchedule
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its submodule on first access (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ug_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's attributes, lazy exports included."""
+    return sorted(set(globals()) | set(_EXPORTS))

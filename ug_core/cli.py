@@ -3,16 +3,18 @@
 ``ug sample`` with no arguments samples the embedded 32×32 shapes model at 64×64, four seeds, three
 ways from the same seeds: naive high-resolution sampling, upsample guidance (UG), and the trained
 size upscaled bicubically. It writes one PNG per sample and method, a side-by-side grid
-(naive | UG | bicubic) and ``metrics.json`` into ``--out``, and prints the metrics::
+(naive | UG | bicubic, one row per seed) and ``metrics.json`` into ``--out``, and prints the
+metrics::
 
     ug sample                                   # embedded model, factor 2, 4 seeds
     ug sample --factor 3 --n 8 --scale 1.3
-    ug sample --factor 2x3                      # anisotropic: height ×2, width ×3
+    ug sample --size 64x96 --factor 2           # non-square: guided towards a 32×48 image
     ug sample --model path/to/unet-or-ddpm-pipeline
     ug sample --pipeline path/to/sd-pipeline --prompt "a red disc"
 
 Errors (bad paths, unknown options, factors that don't divide the size) print one line on stderr
-and exit with status 2 (usage) or 1 (anything else), without a traceback.
+and exit with status 2 (usage) or 1 (anything else), without a traceback. Arguments and ``--out``
+are checked before torch is imported or anything is sampled.
 """
 
 from __future__ import annotations
@@ -49,14 +51,18 @@ def _pair(text: str) -> tuple[int, int] | None:
 
 
 def parse_factors(text: str) -> tuple[int, int]:
-    """``"2"`` → (2, 2); ``"2x3"`` or ``"2,3"`` → (2, 3) (height, width). Raises ValueError."""
+    """``"2"`` → (2, 2); ``"2x3"`` or ``"2,3"`` → (2, 3) (height, width). Raises ValueError.
+
+    One factor F must be an integer >= 2; a pair ``HxW`` holds integers >= 1, not both 1.
+    """
+    allowed = (
+        "an integer >= 2 (e.g. 2 or 3), or HxW with integers >= 1, not both 1 (e.g. 2x3 or 1x2)"
+    )
     pair = _pair(text)
     if pair is None:
-        raise ValueError(
-            f"--factor must be an integer >= 1 or HxW (e.g. 2, 3, 2x3 or 2,3), got {text!r}"
-        )
+        raise ValueError(f"--factor must be {allowed}, got {text!r}")
     if pair == (1, 1):
-        raise ValueError(f"--factor {text!r} does not upsample: at least one factor must be > 1")
+        raise ValueError(f"--factor {text!r} does not upsample: it must be {allowed}")
     return pair
 
 
@@ -134,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Sample a model at factor × its trained size three ways from the same seeds: naive, "
             "with upsample guidance, and at the trained size upscaled bicubically. Writes one PNG "
-            "per sample, grid.png (naive | UG | bicubic) and metrics.json into --out. Default: "
+            "per sample, grid.png (naive | UG | bicubic, one row per seed, labelled with its seed "
+            "and class) and metrics.json into --out. Default: "
             "the embedded 32x32 shapes model."
         ),
     )
@@ -147,12 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--prompt", help="text prompt (with --pipeline)")
     s.add_argument(
-        "--factor", type=_factor_type, default=(2, 2), metavar="F|HxW",
-        help="upsampling factor: 2, 3, or anisotropic HxW such as 2x3 (default 2)",
+        "--factor", type=_factor_type, default=(2, 2), metavar="F",
+        help="upsampling factor F (default 2): UG guides the sample towards the model's own "
+        "sample at the size divided by F. For a non-square image give a non-square --size and "
+        "one factor (--size 64x96 --factor 2 guides towards a 32x48 image). Unequal factors "
+        "HxW (e.g. 2x3) stretch the content by H and W (discs become ellipses): they are meant "
+        "for time against space in video models, not for height against width",
     )  # fmt: skip
     s.add_argument(
         "--size", type=_size_type, metavar="N|HxW",
-        help="output size in pixels (default: trained size × factor); the factor must divide it",
+        help="output size in pixels, square N or HxW such as 64x96 (default: trained size × "
+        "factor); the factor must divide it",
     )  # fmt: skip
     s.add_argument(
         "--scale", type=_float("--scale"), default=1.0,
@@ -175,12 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument(
         "--class", dest="class_name", metavar="NAME",
-        help="class of a class-conditional model (a name or an index; default: cycle)",
+        help="class of a class-conditional model, a name or an index (default: cycle through "
+        "the classes but the null class). The embedded model's: disc, square, triangle, cross, "
+        "and none: the null class it was trained with for classifier-free guidance, which "
+        "gives unconditional samples (any shape; --cfg has no effect then)",
     )  # fmt: skip
     s.add_argument("--out", metavar="DIR", help="output folder (default: ./ug-samples-<time>)")
     s.add_argument("--device", default="cpu", help="torch device (default cpu)")
     s.add_argument("--threads", type=_positive_int("--threads"), help="torch CPU threads")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    c = sub.add_parser(
+        "comfyui-install",
+        help="add the Upsample Guidance node to a ComfyUI installation",
+        description=(
+            "Write the one-line custom node file (custom_nodes/upsample_guidance.py) that loads "
+            "the Upsample Guidance node from this package; install the package into ComfyUI's "
+            "Python first (pip install -e /path/to/upsample-guidance)."
+        ),
+    )
+    c.add_argument("path", metavar="PATH", help="ComfyUI's folder, or its custom_nodes folder")
     return parser
 
 
@@ -193,15 +218,42 @@ def _new_out_dir() -> Path:
     return out
 
 
-def _check_divides(size: tuple[int, int], factors: tuple[int, int], unit: int = 1) -> None:
-    """Raise UsageError unless ``unit·factor`` divides each side of ``size``."""
-    for side, f, name in zip(size, factors, ("height", "width"), strict=True):
-        if side % (unit * f):
-            what = f"{unit}x{f} (pipeline size unit x UG factor)" if unit > 1 else f"{f}"
-            raise UsageError(
-                f"the factor {what} does not divide the {name} {side} ({side} % {unit * f} = "
-                f"{side % (unit * f)}); pick --size/--factor so that it does"
-            )
+def _check_out(out: Path, given: bool) -> None:
+    """Raise UsageError unless ``out`` is a folder that exists or can be made, and is writable.
+
+    Probes by making (and removing) a temporary folder in ``out``, or in its nearest existing
+    parent, so that nothing is left behind.
+    """
+    import tempfile
+
+    what = f"--out {str(out)!r}" if given else f"the output folder {str(out)!r}"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{what} exists and is not a folder")
+    parent = out.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} cannot be made: {str(parent)!r} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ug-probe-", dir=parent))
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UsageError(
+            f"{what} is not writable: cannot make a folder in {str(parent)!r} ({reason})"
+        ) from None
+
+
+def _check_size(size: tuple[int, int], factors: tuple[int, int], unit: int = 1) -> None:
+    """Raise UsageError unless ``unit·factor`` divides each side of ``size`` (height, width)."""
+    from .operators import check_divisible
+
+    name = f"--size {size[0]}x{size[1]}"
+    if unit > 1:
+        name += f" (the pipeline needs multiples of {unit} at both sizes, so of {unit} × --factor)"
+    try:
+        check_divisible(size, (unit * factors[0], unit * factors[1]), name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _to_uint8(images: Any) -> Any:
@@ -218,9 +270,14 @@ def _save_outputs(
     out: Path,
     columns: dict[str, Any],
     seeds: Sequence[int],
+    row_labels: Sequence[str],
     title: str,
 ) -> Path:
-    """One PNG per sample and column, and grid.png (columns side by side); returns its path."""
+    """One PNG per sample and column, and grid.png; returns the grid's path.
+
+    The grid has the columns side by side, one row per seed, each row labelled on its left with
+    ``row_labels`` (e.g. its seed and class; lines separated by newlines).
+    """
     from PIL import Image, ImageDraw
 
     out.mkdir(parents=True, exist_ok=True)
@@ -230,14 +287,17 @@ def _save_outputs(
     zoom = max(1, math.ceil(128 / max(h, w)))
     th, tw = h * zoom, w * zoom
     pad, head = 4, 18
+    label_w = 8 + 6 * max(len(line) for label in row_labels for line in label.split("\n"))
     grid = Image.new(
         "RGB",
-        (len(arrays) * (tw + pad) + pad, head + len(seeds) * (th + pad) + pad + 14),
+        (label_w + len(arrays) * (tw + pad) + pad, head + len(seeds) * (th + pad) + pad + 14),
         "white",
     )
     draw = ImageDraw.Draw(grid)
+    for r, label in enumerate(row_labels):
+        draw.multiline_text((pad, head + pad + r * (th + pad) + 2), label, fill="black")
     for c, (name, arr) in enumerate(arrays.items()):
-        x0 = pad + c * (tw + pad)
+        x0 = label_w + pad + c * (tw + pad)
         draw.text((x0 + 2, 3), name, fill="black")
         for r, seed in enumerate(seeds):
             img = Image.fromarray(arr[r])
@@ -283,11 +343,26 @@ def _labels_for(model: Any, args: argparse.Namespace, n: int) -> Any:
     elif key.isdigit() and int(key) < model.num_class_embeds:
         idx = int(key)
     else:
+        choices = [
+            f"{c} (the null class: unconditional samples)" if i == model.null_class else c
+            for i, c in enumerate(model.classes)
+        ]
         raise UsageError(
             f"--class {args.class_name!r} is not a class of this model; choose one of "
-            f"{', '.join(model.classes)} or an index below {model.num_class_embeds}"
+            f"{', '.join(choices)}, or an index below {model.num_class_embeds}"
         )
     return torch.full((n,), idx, dtype=torch.long)
+
+
+def _class_names(model: Any, labels: Any) -> list[str] | None:
+    """The class name of each label (None for an unconditional model)."""
+    if labels is None:
+        return None
+    names = []
+    for i in labels.tolist():
+        name = model.classes[i] if i < len(model.classes) else f"class {i}"
+        names.append(f"{name} (null class)" if i == model.null_class else name)
+    return names
 
 
 def _sample_unet(args: argparse.Namespace) -> int:
@@ -308,7 +383,7 @@ def _sample_unet(args: argparse.Namespace) -> int:
     trained = model.sample_size
     fh, fw = args.factor
     size = args.size or (trained[0] * fh, trained[1] * fw)
-    _check_divides(size, args.factor)
+    _check_size(size, args.factor)
     low = (size[0] // fh, size[1] // fw)
     steps = args.steps or 30
     if steps > model.schedule.num_timesteps:
@@ -329,11 +404,7 @@ def _sample_unet(args: argparse.Namespace) -> int:
         f"(factor {fh}x{fw}), {args.n} seeds from {args.seed}, {steps} DDIM steps, "
         f"UG scale {args.scale} eta {args.eta}" + (f", CFG {cfg}" if model.conditional else "")
     )
-    timings = {}
-    t = time.perf_counter()
     naive = generate(model, args.n, size, noise=noise, desc="naive", **common)
-    timings["naive"] = time.perf_counter() - t
-    t = time.perf_counter()
     try:
         ug = generate(
             model, args.n, size, noise=noise, factors=args.factor, scale=args.scale,
@@ -341,17 +412,19 @@ def _sample_unet(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except (TypeError, ValueError) as err:
         raise UsageError(str(err)) from None
-    timings["UG"] = time.perf_counter() - t
-    t = time.perf_counter()
     small = generate(
         model, args.n, low, noise=low_res_noise(noise, args.factor), desc="trained size", **common
     )
     up = F.interpolate(small, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
-    timings["bicubic"] = time.perf_counter() - t
     columns = {"naive": naive, "UG": ug, "bicubic": up}
     seeds = list(range(args.seed, args.seed + args.n))
+    classes = _class_names(model, labels)
+    row_labels = [
+        f"seed {seed}" + (f"\n{c}" if c is not None else "")
+        for seed, c in zip(seeds, classes or [None] * len(seeds), strict=True)
+    ]
     title = f"{size[0]}x{size[1]}, factor {fh}x{fw}, UG scale {args.scale}, eta {args.eta}"
-    grid = _save_outputs(args.out_path, columns, seeds, title)
+    grid = _save_outputs(args.out_path, columns, seeds, row_labels, title)
     result: dict[str, Any] = {
         "model": name,
         "trained_size": list(trained),
@@ -362,8 +435,9 @@ def _sample_unet(args: argparse.Namespace) -> int:
         "steps": steps,
         "cfg": cfg,
         "seeds": seeds,
-        "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
+    if classes is not None:
+        result["classes"] = classes
     rows: dict[str, dict[str, float]] = {}
     if is_shapes and channels == 3:
         truth = shapes.render(shapes.sample_params(256, 10**6), size)
@@ -375,7 +449,6 @@ def _sample_unet(args: argparse.Namespace) -> int:
                 "mean_objects": float(counts.mean()),
                 "mean_area": float(areas.mean()),
                 "size_w1": metrics.size_distance(areas, ref_areas),
-                "seconds": round(timings[key], 2),
             }
         rows["ground truth"] = {
             "one_object": float((ref_counts == 1).mean()),
@@ -392,7 +465,6 @@ def _sample_unet(args: argparse.Namespace) -> int:
                 ("mean_objects", "mean objects"),
                 ("mean_area", "object area"),
                 ("size_w1", "size W1"),
-                ("seconds", "seconds"),
             ],
         )
         print(
@@ -400,8 +472,6 @@ def _sample_unet(args: argparse.Namespace) -> int:
             "shape's area / image area; size W1: Wasserstein-1 distance of that area's "
             f"distribution to ground truth rendered at {size[0]}x{size[1]})"
         )
-    else:
-        print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
     (args.out_path / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.n * 3} PNGs, {grid} and metrics.json to {args.out_path}/")
     return 0
@@ -461,7 +531,7 @@ def _sample_pipeline(args: argparse.Namespace) -> int:
     size = args.size or (trained[0] * fh, trained[1] * fw)
     # Stable Diffusion pipelines take sizes in multiples of 8 (and of the VAE factor), at both
     # the high and the trained-size (low) resolution.
-    _check_divides(size, args.factor, math.lcm(vae, 8))
+    _check_size(size, args.factor, math.lcm(vae, 8))
     low = (size[0] // fh, size[1] // fw)
     steps = args.steps or 25
     kwargs: dict[str, Any] = dict(num_inference_steps=steps, output_type="pt")
@@ -480,26 +550,19 @@ def _sample_pipeline(args: argparse.Namespace) -> int:
         f"(factor {fh}x{fw}), {args.n} seeds from {args.seed}, {steps} steps, UG scale "
         f"{args.scale} eta {args.eta}, prompt {args.prompt!r}"
     )
-    timings = {}
-    t = time.perf_counter()
     naive = run(*size)
-    timings["naive"] = time.perf_counter() - t
     try:
         apply_upsample_guidance(pipe, args.factor, args.scale, eta=args.eta)
     except (TypeError, ValueError) as err:
         raise UsageError(str(err)) from None
-    t = time.perf_counter()
     try:
         ug = run(*size)
     finally:
         remove_upsample_guidance(pipe)
-    timings["UG"] = time.perf_counter() - t
-    t = time.perf_counter()
     up = F.interpolate(run(*low), size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
-    timings["bicubic"] = time.perf_counter() - t
     columns = {"naive": naive, "UG": ug, "bicubic": up}
     title = f"{size[0]}x{size[1]}, factor {fh}x{fw}, UG scale {args.scale}, eta {args.eta}"
-    grid = _save_outputs(args.out_path, columns, seeds, title)
+    grid = _save_outputs(args.out_path, columns, seeds, [f"seed {s}" for s in seeds], title)
     result = {
         "pipeline": args.pipeline,
         "prompt": args.prompt,
@@ -510,11 +573,23 @@ def _sample_pipeline(args: argparse.Namespace) -> int:
         "eta": args.eta,
         "steps": steps,
         "seeds": seeds,
-        "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
     (args.out_path / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
     print(f"\nwrote {args.n * 3} PNGs, {grid} and metrics.json to {args.out_path}/")
+    return 0
+
+
+def _comfyui_install(args: argparse.Namespace, sub: argparse.ArgumentParser) -> int:
+    """``ug comfyui-install PATH``: write the custom node file; exit 2 for a bad path."""
+    from .adapters.comfyui import install_custom_node
+
+    try:
+        path = install_custom_node(args.path)
+    except (TypeError, ValueError) as err:
+        sub.print_usage(sys.stderr)
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}: restart ComfyUI, then add the node 'Upsample Guidance'")
     return 0
 
 
@@ -527,18 +602,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse printed the message (or --help / --version)
         return int(exc.code or 0)
     sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    if args.command == "comfyui-install":
+        return _comfyui_install(args, sub)
     try:
+        out = Path(args.out) if args.out else _new_out_dir()
+        _check_out(out, given=bool(args.out))  # before torch is imported or anything is sampled
+        args.out_path = out  # created only once there is something to write
+        if args.size:  # before loading a model (a pipeline's size unit is checked after)
+            _check_size(args.size, args.factor)
         import torch
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        if args.out:
-            out = Path(args.out)
-            if out.exists() and not out.is_dir():
-                raise UsageError(f"--out {args.out!r} exists and is not a folder")
-        else:
-            out = _new_out_dir()
-        args.out_path = out  # created only once there is something to write
         if args.pipeline is not None:
             return _sample_pipeline(args)
         return _sample_unet(args)

@@ -45,21 +45,29 @@ def block_size(factors: int | Sequence[int]) -> int:
     return math.prod(normalize_factors(factors))
 
 
-def check_divisible(shape: Sequence[int], factors: Sequence[int], name: str = "x") -> None:
-    """Raise a ValueError unless each trailing size of ``shape`` is divisible by its factor."""
+def check_divisible(shape: Sequence[int], factors: int | Sequence[int], name: str = "x") -> None:
+    """Raise a ValueError unless each trailing size of ``shape`` is divisible by its factor.
+
+    The one divisibility check of the package: the message names ``name``, the sizes, the
+    factors, and the nearest sizes that the factors divide.
+    """
     factors = normalize_factors(factors)
     if len(factors) > len(shape):
         raise ValueError(
             f"{len(factors)} factors {factors} given for {name} with only {len(shape)} axes "
             f"(shape {tuple(shape)}); factors apply to the trailing axes"
         )
-    trailing = tuple(shape[len(shape) - len(factors) :])
+    trailing = tuple(int(n) for n in shape[len(shape) - len(factors) :])
     bad = [(n, f) for n, f in zip(trailing, factors, strict=True) if n % f]
     if bad:
+        what = "sizes" if len(shape) == len(factors) else "trailing sizes"
+        fixes = []
+        for n, f in dict.fromkeys(bad):  # each (size, factor) once
+            near = " or ".join(str(m) for m in (n - n % f, n - n % f + f) if m > 0)
+            fixes.append(f"{n} % {f} = {n % f}: use {near}")
         raise ValueError(
-            f"{name} has trailing sizes {trailing} that the factors {factors} do not divide "
-            f"({', '.join(f'{n} % {f} = {n % f}' for n, f in bad)}); choose sizes that are "
-            "multiples of the factors"
+            f"{name} has {what} {trailing} that the factors {factors} do not divide "
+            f"({'; '.join(fixes)}); choose sizes that are multiples of the factors"
         )
 
 

@@ -9,7 +9,9 @@ elements, two questions (ug-math §1-3, §6, §7):
 
 Times are always in the unit the *model* takes: a timestep index for :class:`DiscreteSchedule`,
 sigma for :class:`SigmaSchedule`, and ``t·time_scale`` for :class:`FlowSchedule`. All schedule maths
-runs in float64 on the CPU; callers cast the results to their own dtype and device.
+runs in float64 (float32 on devices without float64, e.g. MPS) on the device of the times it is
+given: CPU times for host-side maths, device times for the sync-free path (no value is ever read
+back to the host). Callers cast the results to their own dtype.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ __all__ = [
     "SigmaSchedule",
     "FlowSchedule",
     "as_times",
+    "as_device_times",
+    "times_of",
+    "work_dtype",
     "TIME_MATCHING",
 ]
 
@@ -68,6 +73,18 @@ class Schedule(Protocol):
         """Matched time and input scale for ``k`` averaged elements."""
 
 
+def work_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of schedule maths on ``device``: float64, or float32 where it has no float64."""
+    return torch.float32 if device.type == "mps" else _F64
+
+
+def as_device_times(t: torch.Tensor, name: str = "t") -> torch.Tensor:
+    """A tensor of times in the schedule maths' dtype, on its own device (nothing read back)."""
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold real numbers, got a tensor of dtype {t.dtype}")
+    return t.detach().to(work_dtype(t.device))
+
+
 def as_times(t: object, name: str = "t") -> torch.Tensor:
     """Times (a number, a sequence, an array or a tensor) as a float64 CPU tensor."""
     if isinstance(t, torch.Tensor):
@@ -86,6 +103,19 @@ def as_times(t: object, name: str = "t") -> torch.Tensor:
     raise TypeError(
         f"{name} must be a number, a sequence or a tensor of times, got {type(t).__name__}"
     )
+
+
+def times_of(t: object, name: str = "t") -> torch.Tensor:
+    """Times as a tensor for schedule maths: a tensor keeps its device, anything else is CPU."""
+    return as_device_times(t, name) if isinstance(t, torch.Tensor) else as_times(t, name)
+
+
+def _on(table: torch.Tensor, like: torch.Tensor, cache: dict) -> torch.Tensor:
+    """``table`` on ``like``'s device and dtype, copied there once and cached."""
+    key = (like.device, like.dtype)
+    if key not in cache:
+        cache[key] = table.to(device=like.device, dtype=like.dtype)
+    return cache[key]
 
 
 def _check_mode(mode: str) -> str:
@@ -144,6 +174,8 @@ class DiscreteSchedule:
         clipped = ac.clamp_min(floor)
         self.log_snrs = clipped.log() - (1.0 - ac).log()
         """log SNR of each timestep, float64 (strictly decreasing)."""
+        self._log_snrs: dict = {}  # the table per (device, dtype)
+        self._alphas: dict = {}
 
     @classmethod
     def linear(
@@ -175,7 +207,7 @@ class DiscreteSchedule:
         return (-self.log_snrs / 2).exp()
 
     def check_times(self, t: torch.Tensor, name: str = "t") -> None:
-        """Raise a ValueError unless every time is a finite timestep in ``[0, N − 1]``."""
+        """Raise a ValueError unless every time is a finite timestep in ``[0, N − 1]`` (host)."""
         t = as_times(t, name)
         _check_finite(t, name)
         last = self.num_timesteps - 1
@@ -188,50 +220,53 @@ class DiscreteSchedule:
 
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
         """log SNR at timestep t, interpolated linearly between integer timesteps."""
-        t = as_times(t)
+        t = times_of(t)
+        table = _on(self.log_snrs, t, self._log_snrs)
         i = t.floor().clamp(0, self.num_timesteps - 2).long()
         frac = t - i
-        lo, hi = self.log_snrs[i], self.log_snrs[i + 1]
+        lo, hi = table[i], table[i + 1]
         return torch.where(frac == 0, lo, lo + frac * (hi - lo))
 
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         """ᾱ at timestep t: the table at integers, sigmoid(log SNR) between them."""
-        t = as_times(t)
+        t = times_of(t)
         on_grid = t == t.round()
-        table = self.alphas_cumprod[t.round().clamp(0, self.num_timesteps - 1).long()]
+        alphas = _on(self.alphas_cumprod, t, self._alphas)
+        table = alphas[t.round().clamp(0, self.num_timesteps - 1).long()]
         return torch.where(on_grid, table, torch.sigmoid(self.log_snr(t)))
 
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(√ᾱ_t, √(1 − ᾱ_t))``, float64."""
+        """``(√ᾱ_t, √(1 − ᾱ_t))``."""
         ab = self.alpha_bar(t)
         return ab.sqrt(), (1.0 - ab).sqrt()
 
     def time_fraction(self, t: torch.Tensor) -> torch.Tensor:
         """``t / (N − 1)``: the timestep as a fraction of the time axis (1 = noisiest)."""
-        return as_times(t) / (self.num_timesteps - 1)
+        return times_of(t) / (self.num_timesteps - 1)
 
     def time_from_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
         """The fractional timestep with the given log SNR (inverse of :meth:`log_snr`), clamped."""
-        lam = self.log_snrs
-        target = as_times(log_snr)
+        target = times_of(log_snr)
+        lam = _on(self.log_snrs, target, self._log_snrs)
         idx = torch.searchsorted(-lam, -target.reshape(-1).contiguous(), side="left")
         idx = idx.reshape(target.shape).clamp(1, self.num_timesteps - 1)
         lo, hi = lam[idx - 1], lam[idx]
         frac = ((lo - target) / (lo - hi)).clamp(0, 1)
-        return (idx - 1).to(_F64) + frac
+        return (idx - 1).to(target.dtype) + frac
 
     def nearest_time(self, log_snr: torch.Tensor) -> torch.Tensor:
-        """The integer timestep whose log SNR is nearest (paper, appendix A), as float64."""
-        target = as_times(log_snr)
-        dist = (self.log_snrs - target.reshape(-1, 1)).abs()
-        return dist.argmin(dim=1).reshape(target.shape).to(_F64)
+        """The integer timestep whose log SNR is nearest (paper, appendix A)."""
+        target = times_of(log_snr)
+        lam = _on(self.log_snrs, target, self._log_snrs)
+        dist = (lam - target.reshape(-1, 1)).abs()
+        return dist.argmin(dim=1).reshape(target.shape).to(target.dtype)
 
     def match(self, t: torch.Tensor, k: int, mode: str = "nearest") -> Match:
         """τ with log SNR(τ) = log SNR(t) + log k, and c = 1/√P, P = ᾱ_t + (1 − ᾱ_t)/k."""
         _check_mode(mode)
-        t = as_times(t)
+        t = times_of(t)
         target = self.log_snr(t) + math.log(k)
-        below = target > self.log_snrs[0]
+        below = target > _on(self.log_snrs, t, self._log_snrs)[0]
         if mode == "nearest":
             tau = self.nearest_time(target)
         elif mode == "exact":
@@ -279,22 +314,28 @@ class SigmaSchedule:
             raise ValueError(f"{name}={t[t < 0].flatten()[0].item()!r} is negative; sigma >= 0")
 
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(1, σ)``, float64."""
-        t = as_times(t)
+        """``(1, σ)``."""
+        t = times_of(t)
         return torch.ones_like(t), t.clone()
 
     def time_fraction(self, t: torch.Tensor) -> torch.Tensor:
-        """Position of log σ between log sigma_min and log sigma_max in [0, 1], or ``fraction``."""
-        t = as_times(t)
+        """Position of log σ between log sigma_min and log sigma_max in [0, 1], or ``fraction``.
+
+        ``fraction`` gets the sigmas on their own device and its result stays there.
+        """
+        t = times_of(t)
         if self.fraction is not None:
-            return as_times(self.fraction(t), "fraction(sigma)").reshape(t.shape)
+            out = self.fraction(t)
+            if not isinstance(out, torch.Tensor):
+                out = as_times(out, "fraction(sigma)")
+            return out.to(device=t.device, dtype=t.dtype).reshape(t.shape)
         lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
         return ((t.log() - lo) / (hi - lo)).clamp(0, 1)
 
     def match(self, t: torch.Tensor, k: int, mode: str = "nearest") -> Match:
         """σ_low = σ/√k, with input scale 1 (``"nearest"`` and ``"exact"`` agree: no grid)."""
         _check_mode(mode)
-        t = as_times(t)
+        t = times_of(t)
         tau = t / math.sqrt(k) if mode != "off" else t.clone()
         below = t / math.sqrt(k) < self.sigma_min
         return Match(tau.clamp_min(self.sigma_min), torch.ones_like(t), below)
@@ -303,20 +344,27 @@ class SigmaSchedule:
 class FlowSchedule:
     """Rectified flow (SD3, Flux): ``x_t = (1 − t)·x0 + t·ε`` with ``t`` in [0, 1].
 
-    Time unit: ``t·time_scale`` (diffusers' flow-matching transformers take ``1000·t``). The
-    matched time is ``t' = t/(t + √k(1 − t))`` and the input scale ``c = 1/((1 − t) + t/√k)``; t' is
-    never below 0, so no time is below the range.
+    Time unit: ``t·time_scale`` (diffusers' flow-matching transformers take ``1000·t``), or with
+    ``reverse=True`` ``(1 − t)·time_scale`` (Lumina 2 counts time from the noise: 0 = pure noise).
+    The matched time is ``t' = t/(t + √k(1 − t))`` and the input scale ``c = 1/((1 − t) + t/√k)``;
+    t' is never below 0, so no time is below the range.
     """
 
-    def __init__(self, time_scale: float = 1.0) -> None:
+    def __init__(self, time_scale: float = 1.0, reverse: bool = False) -> None:
         time_scale = float(time_scale)
         if not (0 < time_scale < math.inf):
             raise ValueError(f"time_scale must be a positive finite number, got {time_scale!r}")
         self.time_scale = time_scale
+        self.reverse = bool(reverse)
 
     def _unit(self, t: torch.Tensor) -> torch.Tensor:
-        """Model time to the flow time in [0, 1]."""
-        return as_times(t) / self.time_scale
+        """Model time to the flow time in [0, 1] (1 = pure noise)."""
+        u = times_of(t) / self.time_scale
+        return 1.0 - u if self.reverse else u
+
+    def _model(self, u: torch.Tensor) -> torch.Tensor:
+        """Flow time back to the model's time unit."""
+        return (1.0 - u if self.reverse else u) * self.time_scale
 
     def check_times(self, t: torch.Tensor, name: str = "t") -> None:
         """Raise a ValueError unless every time lies in ``[0, time_scale]``."""
@@ -330,7 +378,7 @@ class FlowSchedule:
             )
 
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(1 − t, t)``, float64."""
+        """``(1 − t, t)`` of the flow time t."""
         u = self._unit(t)
         return 1.0 - u, u
 
@@ -345,4 +393,4 @@ class FlowSchedule:
         rk = math.sqrt(k)
         scale = 1.0 / ((1.0 - u) + u / rk)
         tau = u * scale / rk if mode != "off" else u.clone()
-        return Match(tau * self.time_scale, scale, torch.zeros_like(u, dtype=torch.bool))
+        return Match(self._model(tau), scale, torch.zeros_like(u, dtype=torch.bool))

@@ -1,34 +1,29 @@
 """An exact analytic testbed for upsample guidance: stationary Gaussian data on a periodic grid.
 
-The data is one continuous scene seen at two resolutions. At the high resolution (``factors`` times
-the trained size per axis) it is a stationary Gaussian field whose correlation length is a fixed
-fraction of the image; the trained-resolution data is its block mean ``D[x]``, also stationary.
-For such data the exact ε-predictor at the trained resolution is known in closed form, a Wiener
-filter that is diagonal in Fourier space::
+The high-resolution data is a stationary Gaussian field whose correlation length is a fixed
+fraction of the image; the trained-resolution data is its block mean ``D[x]``. The exact
+trained-resolution ε-predictor is a Wiener filter, diagonal in Fourier space::
 
     ε̂(x_t) = F⁻¹[ s / (a²·λ_low + s²) · F[x_t] ],   x_t = a·x0 + s·ε,
 
-where ``λ_low`` are the eigenvalues (power spectrum) of the trained-resolution covariance.
-
-:meth:`GaussianTestbed.eps_model` applies that filter at any size as a *fixed pixel-space kernel*
-of the trained size, as a CNN would be applied: the trained-size spatial kernel is embedded,
-centred, into the larger grid. At the trained size it is the exact denoiser; at a larger size it
-produces structure at the trained pixel scale, i.e. the wrong physical scale, which is what naive
-high-resolution sampling gets wrong. Run ``python -m ug_core.testbed`` for the numbers.
+with ``λ_low`` the trained-resolution power spectrum. :meth:`GaussianTestbed.eps_model` applies it
+at any size as a fixed trained-size kernel, as a CNN would be applied. ``python -m
+ug_core.testbed`` prints the tables; why this testbed: ``docs/design.md``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from .guidance import UpsampleGuidance
 from .operators import downsample, normalize_factors
+from .parameterizations import prediction_to_x0, x0_to_prediction
 from .schedules import DiscreteSchedule, as_times
 
-__all__ = ["GaussianTestbed", "log_spectral_distance", "power_spectrum"]
+__all__ = ["GaussianTestbed", "ddim", "log_spectral_distance", "power_spectrum", "run"]
 
 _F64 = torch.float64
 
@@ -171,6 +166,39 @@ class GaussianTestbed:
         return UpsampleGuidance(self.schedule, self.factors, scale, "epsilon", **kwargs)
 
 
+def ddim(
+    eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    schedule: DiscreteSchedule,
+    steps: int,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """Deterministic DDIM for an ε-model, from x_T = ``noise`` to x0.
+
+    ``steps`` timesteps evenly spaced from N − 1 down to 0 (rounded), each step
+    ``x ← √ᾱ_prev·x0̂ + √(1 − ᾱ_prev)·ε̂`` with ``x0̂ = (x − √(1 − ᾱ_t)·ε̂)/√ᾱ_t``; the last step goes
+    to ᾱ = 1 (returns x0̂). The same update as ``ug_core.adapters.loops.sample_ddim``, which the
+    pure core does not import (tests check that the two agree).
+    """
+    n = schedule.num_timesteps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n:
+        raise ValueError(f"steps must be an integer in [1, {n}], got {steps!r}")
+    ac = schedule.alphas_cumprod
+    ts = (
+        torch.linspace(n - 1, 0, steps, dtype=_F64).round().long().tolist()
+        if steps > 1
+        else [n - 1]
+    )
+    x = noise
+    for i, t in enumerate(ts):
+        eps = eps_model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
+        a_t, s_t = ac[t].sqrt().item(), (1 - ac[t]).sqrt().item()
+        ac_prev = ac[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
+        x0 = prediction_to_x0(eps, x, a_t, s_t, "epsilon")
+        eps = x0_to_prediction(x0, x, a_t, s_t, "epsilon")
+        x = ac_prev**0.5 * x0 + max(1 - ac_prev, 0.0) ** 0.5 * eps
+    return x
+
+
 def run(
     trained_shape: Sequence[int],
     factors: Sequence[int],
@@ -186,17 +214,15 @@ def run(
     the samples themselves); *fine* compares the full high-resolution samples with the
     high-resolution data (not defined for the trained-resolution run: NaN).
     """
-    from .adapters.loops import sample_ddim  # the raw loop is an adapter, imported on use
-
     bed = GaussianTestbed(trained_shape, factors)
 
     def sample(shape: tuple[int, ...], guide: UpsampleGuidance | None) -> torch.Tensor:
         """DDIM samples with the testbed's model; every method starts from the same seed."""
-        gen = torch.Generator().manual_seed(seed)
-        return sample_ddim(
-            bed.eps_model, bed.schedule, steps, gen, guide, shape=(n, 1, *shape), dtype=_F64,
-            progress=False,
-        )  # fmt: skip
+        noise = torch.randn(
+            (n, 1, *shape), generator=torch.Generator().manual_seed(seed), dtype=_F64
+        )
+        model = bed.eps_model if guide is None else guide.wrap(bed.eps_model)
+        return ddim(model, bed.schedule, steps, noise)
 
     def scores(x: torch.Tensor) -> tuple[float, float]:
         """(coarse, fine) distances of high-resolution samples."""

@@ -1,24 +1,16 @@
 """Metrics for shape images: object count, object size, and a Fréchet distance on defined features.
 
-- :func:`segment`: foreground mask. The background is a plain colour or a linear gradient, so an
-  affine colour model ``c(u, v) = c0 + c1·u + c2·v`` fitted (robustly) to the image's border ring
-  predicts it everywhere; a pixel is foreground when its colour is farther than ``threshold`` from
-  that prediction. The dataset keeps every shape ≥ :data:`~ug_core.demo.shapes.MIN_CONTRAST` from
-  the background, so half that contrast is the threshold.
+- :func:`segment`: foreground mask; a pixel is foreground when its colour is farther than
+  ``threshold`` from an affine background ``c(u, v) = c0 + c1·u + c2·v`` fitted robustly to the
+  image's border ring.
 - :func:`count_objects`: 8-connected foreground components covering at least ``min_area`` of the
-  image (specks below it are ignored), and the relative area of the largest one.
-- :func:`size_distance`: Wasserstein-1 distance between two samples of the largest object's relative
-  area (images with no object contribute 0): how far the object-size distribution is from the truth.
-- :func:`features` / :func:`frechet_distance`: no downloaded feature network (e.g. Inception) exists
-  offline, so the Fréchet distance runs on 40 hand-crafted features that measure exactly what the
-  dataset defines, each resolution-free: layout and colour (4×4 block-mean luminance, channel means
-  and standard deviations), sharpness and texture (the radially averaged log power spectrum of the
-  luminance in 8 frequency bands relative to Nyquist, and a 6-bin histogram of gradient magnitudes
-  in units of the image side), and object geometry (object count, largest and total foreground area,
-  compactness of the largest object). Features are standardised by the reference set's statistics
-  so that each counts equally. Blur (bicubic upscaling), noise, extra objects and wrong sizes all
-  move these features; a Fréchet distance between two independent ground-truth sets gives the
-  estimator's floor at a given sample size.
+  image, and the largest one's area relative to the image.
+- :func:`size_distance`: Wasserstein-1 distance between two samples of that relative area.
+- :func:`features` / :func:`frechet_distance`: 40 hand-crafted, resolution-free features (layout
+  and colour, texture, object geometry; :data:`FEATURE_GROUPS`), standardised by the reference
+  set, and the Fréchet distance between Gaussians fitted to them.
+
+Why hand-crafted features and not a feature network: ``docs/design.md``.
 """
 
 from __future__ import annotations

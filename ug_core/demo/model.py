@@ -1,16 +1,10 @@
-"""Load the embedded demo model (or any local UNet2DModel / DDPMPipeline folder) and sample it.
+"""The embedded demo model (or any local UNet2DModel / DDPMPipeline folder) and DDIM sampling of it.
 
-The guidance comes from the core: :func:`generate` runs :func:`ug_core.adapters.loops.sample_ddim`
-with an :class:`ug_core.UpsampleGuidance` built on the model's own schedule. A class-conditional
-model with a null class gets classifier-free guidance inside the model function, as one doubled
-batch, so upsample guidance still makes one low-resolution call per step.
+:func:`generate` samples with :func:`ug_core.adapters.loops.sample_ddim`, optionally guided by an
+:class:`ug_core.UpsampleGuidance` on the model's own schedule::
 
-Example::
-
-    from ug_core.demo.model import generate, load
-
-    model = load()                       # the embedded 32×32 shapes model
-    x = generate(model, n=4, size=64, seed=0, factors=(2, 2))   # UG 2×, images in [-1, 1]
+    model = load()                                               # the embedded 32×32 model
+    x = generate(model, n=4, size=64, seed=0, factors=(2, 2))    # UG 2×, images in [-1, 1]
 """
 
 from __future__ import annotations
@@ -18,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +24,13 @@ from ..schedules import DiscreteSchedule
 
 __all__ = [
     "ASSET_DIR",
-    "CallCounter",
     "DemoModel",
     "ModelLoadError",
     "load",
     "initial_noise",
+    "default_labels",
     "generate",
-    "sdedit",
+    "low_res_noise",
 ]
 
 #: The embedded model's folder (``UNet2DModel.save_pretrained`` + ``scheduler_config.json``).
@@ -46,26 +39,6 @@ ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes32"
 
 class ModelLoadError(ValueError):
     """A folder that holds no loadable UNet2DModel or DDPMPipeline."""
-
-
-@dataclass
-class CallCounter:
-    """Counts model calls and the pixels they process (batch × height × width per call)."""
-
-    calls: int = 0
-    pixels: int = 0
-    by_size: dict[tuple[int, int], int] = field(default_factory=dict)
-
-    def add(self, x: torch.Tensor) -> None:
-        """Record one call on input ``x`` (n, C, H, W)."""
-        self.calls += 1
-        self.pixels += x.shape[0] * x.shape[-2] * x.shape[-1]
-        key = (int(x.shape[-2]), int(x.shape[-1]))
-        self.by_size[key] = self.by_size.get(key, 0) + 1
-
-    def reset(self) -> None:
-        """Zero the counts."""
-        self.calls, self.pixels, self.by_size = 0, 0, {}
 
 
 class DemoModel:
@@ -96,7 +69,6 @@ class DemoModel:
         n = self.num_class_embeds or 0
         self.classes = tuple(classes) if classes else tuple(f"class {i}" for i in range(n))
         self.null_class = null_class
-        self.counter = CallCounter()
 
     @property
     def conditional(self) -> bool:
@@ -117,7 +89,6 @@ class DemoModel:
         self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """One UNet call: the prediction for ``x`` at timesteps ``t``."""
-        self.counter.add(x)
         with torch.no_grad():
             out = self.unet(x, t, class_labels=class_labels, return_dict=False)[0]
         # A learned-variance UNet returns (prediction, variance) stacked on the channels.
@@ -238,6 +209,7 @@ def generate(
     factors: int | Sequence[int] | None = None,
     scale: float | Callable[[torch.Tensor], torch.Tensor] = 1.0,
     eta: float = 1.0,
+    ddim_eta: float = 0.0,
     labels: torch.Tensor | None = None,
     cfg: float = 1.0,
     noise: torch.Tensor | None = None,
@@ -248,7 +220,9 @@ def generate(
     """``n`` DDIM samples at ``size`` (images in [-1, 1], on the CPU).
 
     With ``factors`` (e.g. ``(2, 2)``), upsample guidance from the core with scale ``scale`` and
-    gate ``eta``; without, plain sampling. ``noise`` (n, C, H, W) overrides the per-seed x_T
+    gate ``eta`` (on during the noisiest ``eta`` of the time axis); without, plain sampling.
+    ``ddim_eta`` is DDIM's stochasticity (0: deterministic DDIM, 1: DDPM-like; its noise is drawn
+    from a generator seeded with ``seed``). ``noise`` (n, C, H, W) overrides the per-seed x_T
     (:func:`initial_noise`); ``labels`` default to :func:`default_labels`.
     """
     from tqdm.auto import tqdm
@@ -265,6 +239,7 @@ def generate(
         guide = UpsampleGuidance(
             model.schedule, factors, scale, prediction=model.prediction, eta=eta
         )
+    gen = torch.Generator(device=model.device).manual_seed(seed)  # used only if ddim_eta > 0
     out = []
     bar = tqdm(total=n * steps, desc=desc, disable=not progress, unit="step")
     for i in range(0, n, batch_size):
@@ -273,7 +248,7 @@ def generate(
         fn = _ticking(model.model_fn(lab, cfg), bar, (h, w), len(xt))
 
         x = sample_ddim(
-            fn, model.schedule, steps, None, guide, noise=xt, eta=0.0,
+            fn, model.schedule, steps, gen, guide, noise=xt, ddim_eta=ddim_eta,
             prediction=model.prediction, clip_sample=model.clip_sample, progress=False,
         )  # fmt: skip
         out.append(x.clamp(-1, 1).cpu())
@@ -299,52 +274,3 @@ def low_res_noise(noise: torch.Tensor, factors: int | Sequence[int]) -> torch.Te
     """The trained-size x_T that matches a high-resolution one: ``√k·D[x_T]`` (unit variance)."""
     factors = normalize_factors(factors)
     return downsample(noise, factors) * math.sqrt(math.prod(factors))
-
-
-def sdedit(
-    model: DemoModel,
-    images: torch.Tensor,
-    strength: float,
-    seed: int = 0,
-    steps: int = 25,
-    labels: torch.Tensor | None = None,
-    cfg: float = 1.0,
-    batch_size: int = 64,
-    progress: bool = True,
-    factors: int | Sequence[int] | None = None,
-    scale: float | Callable[[torch.Tensor], torch.Tensor] = 1.0,
-    eta: float = 1.0,
-) -> torch.Tensor:
-    """SDEdit at the images' size: noise to timestep ``strength·(N − 1)``, then DDIM back to 0.
-
-    The loop is the core's :func:`~ug_core.adapters.loops.sample_ddim` on the schedule truncated at
-    that timestep (its timesteps keep their indices), with ``round(strength·steps)`` steps. With
-    ``factors``, that pass is upsample-guided (``scale``, ``eta`` as in :func:`generate`; η is a
-    fraction of the truncated time axis).
-    """
-    if not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
-    n = images.shape[0]
-    ac = model.schedule.alphas_cumprod
-    t0 = int(round(strength * (len(ac) - 1)))
-    sub = DiscreteSchedule(ac[: t0 + 1])
-    k = max(1, int(round(strength * steps)))
-    eps = initial_noise(n, images.shape[-2:], seed + 10**6, images.shape[1])
-    xt = ac[t0].sqrt().float() * images + (1 - ac[t0]).sqrt().float() * eps
-    if labels is None:
-        labels = default_labels(model, n, seed)
-    return generate(
-        _Truncated(model, sub), n, images.shape[-2:], seed, k, labels=labels, cfg=cfg,
-        noise=xt, batch_size=batch_size, progress=progress, desc=f"SDEdit {strength}",
-        factors=factors, scale=scale, eta=eta,
-    )  # fmt: skip
-
-
-class _Truncated:
-    """A :class:`DemoModel` seen through a truncated schedule (for :func:`sdedit`)."""
-
-    def __init__(self, model: DemoModel, schedule: DiscreteSchedule) -> None:
-        self._model, self.schedule = model, schedule
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)

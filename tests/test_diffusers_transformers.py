@@ -1,0 +1,559 @@
+"""The diffusers adapter on transformer pipelines, against references written by hand from ug-math.
+
+For every family (tiny random models built from configs, real diffusers pipelines):
+
+- ``scale=0`` is bit-identical to the plain pipeline, and ``remove`` restores it bit for bit;
+- each guided transformer call equals the guidance written in the family's own parameterisation
+  (flow velocity §7, ε with a learned variance §4, v §5), from the recorded high- and
+  low-resolution calls, with layouts unpacked here by hand (reshape/permute);
+- the low call gets the matched time and the right position ids, rotary embeddings or size
+  micro-conditioning;
+- exactly one low-resolution call per transformer call, whatever the CFG batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+from diffusers_models import ForwardRecorder, OutputRecorder
+from diffusers_transformers import (
+    CHROMA_TRAINED,
+    COGVIDEOX_TRAINED,
+    COGVIDEOX_TRAINED_FRAMES,
+    FLUX2_TRAINED,
+    FLUX_TRAINED,
+    HUNYUAN_TRAINED,
+    HUNYUAN_TRAINED_FRAMES,
+    LTX_TRAINED,
+    LTX_TRAINED_FRAMES,
+    LUMINA2_TRAINED,
+    PIXART_ALPHA_MICRO_TRAINED,
+    PIXART_TRAINED,
+    QWEN_TRAINED,
+    SANA_TRAINED,
+    SD3_TRAINED,
+    WAN_TRAINED,
+    WAN_TRAINED_FRAMES,
+    chroma_call_kwargs,
+    cogvideox_call_kwargs,
+    flux2_call_kwargs,
+    flux_call_kwargs,
+    hunyuan_video_call_kwargs,
+    ltx_call_kwargs,
+    lumina2_call_kwargs,
+    pixart_call_kwargs,
+    pixel_frames,
+    qwenimage_call_kwargs,
+    sana_call_kwargs,
+    sd3_call_kwargs,
+    tiny_chroma_pipeline,
+    tiny_cogvideox_pipeline,
+    tiny_cogview4_pipeline,
+    tiny_flux2_pipeline,
+    tiny_flux_pipeline,
+    tiny_hunyuan_video_pipeline,
+    tiny_ltx_pipeline,
+    tiny_lumina2_pipeline,
+    tiny_pixart_alpha_pipeline,
+    tiny_pixart_sigma_pipeline,
+    tiny_qwenimage_pipeline,
+    tiny_sana_pipeline,
+    tiny_sd3_pipeline,
+    tiny_wan22_pipeline,
+    tiny_wan_pipeline,
+    wan_call_kwargs,
+)
+from ug_core.adapters.diffusers import (
+    apply_upsample_guidance,
+    guided_denoiser,
+    is_upsample_guided,
+    remove_upsample_guidance,
+)
+
+import ug_core.guidance as guidance_module
+
+F64 = torch.float64
+
+
+# ---------------------------------------------------------------------- layouts, by hand
+def unpack_2x2(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Flux-style packed tokens (B, rows*cols, 4C) -> latent grid (B, C, 2 rows, 2 cols)."""
+    b, n, c4 = tokens.shape
+    x = tokens.reshape(b, rows, cols, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c4 // 4, 2 * rows, 2 * cols)
+
+
+@dataclass
+class Case:
+    """One family: how to build it, call it at 2x, and read its calls."""
+
+    build: object
+    kwargs: object
+    size: dict
+    factors: tuple
+    form: str  # "flow", "flow_reversed", "eps_learned", "v"
+    flow_scale: float = 1000.0  # model time per unit of sigma (flow forms)
+    packed: bool = False  # Flux-style 2x2 packed tokens
+    frames_first: bool = False  # CogVideoX (B, F, C, H, W)
+    ltx: bool = False  # LTX packed (B, F*H*W, C)
+    denoisers: tuple = ("transformer",)
+    extra: dict = field(default_factory=dict)
+
+    def grid(self, sample: torch.Tensor, named: dict) -> torch.Tensor:
+        """A call's sample or output as (B, C, *grid), float64."""
+        if self.packed:
+            n = sample.shape[1]
+            h, w = self.size["height"], self.size["width"]
+            rows = math.isqrt(n * h // w)
+            return unpack_2x2(sample, rows, n // rows).to(F64)
+        if self.ltx:
+            f, h, w = named["num_frames"], named["height"], named["width"]
+            b, _, c = sample.shape
+            return sample.reshape(b, f, h, w, c).permute(0, 4, 1, 2, 3).to(F64)
+        if self.frames_first:
+            return sample.transpose(1, 2).to(F64)
+        return sample.to(F64)
+
+
+def image(size):
+    return dict(height=2 * size, width=2 * size)
+
+
+def video(size, frames, temporal):
+    latent = (frames - 1) // temporal + 1
+    return dict(height=2 * size, width=2 * size, num_frames=pixel_frames(2 * latent, temporal))
+
+
+CASES = {
+    "sd3": Case(tiny_sd3_pipeline, sd3_call_kwargs, image(SD3_TRAINED), (2, 2), "flow"),
+    "flux_dev_dynamic_shift": Case(
+        tiny_flux_pipeline, flux_call_kwargs, image(FLUX_TRAINED), (2, 2), "flow", 1.0, True
+    ),
+    "flux_true_cfg": Case(
+        tiny_flux_pipeline,
+        lambda **kw: flux_call_kwargs(**kw, true_cfg=4.0),
+        image(FLUX_TRAINED),
+        (2, 2),
+        "flow",
+        1.0,
+        True,
+    ),
+    "chroma": Case(
+        tiny_chroma_pipeline, chroma_call_kwargs, image(CHROMA_TRAINED), (2, 2), "flow", 1.0, True
+    ),
+    "flux2": Case(
+        tiny_flux2_pipeline, flux2_call_kwargs, image(FLUX2_TRAINED), (2, 2), "flow", 1.0, True
+    ),
+    "qwenimage": Case(
+        tiny_qwenimage_pipeline,
+        qwenimage_call_kwargs,
+        image(QWEN_TRAINED),
+        (2, 2),
+        "flow",
+        1.0,
+        True,
+    ),  # fmt: skip
+    "pixart_sigma_binning": Case(
+        tiny_pixart_sigma_pipeline,
+        pixart_call_kwargs,
+        image(PIXART_TRAINED),
+        (2, 2),
+        "eps_learned",
+    ),  # fmt: skip
+    "pixart_alpha_micro": Case(
+        tiny_pixart_alpha_pipeline,
+        lambda **kw: pixart_call_kwargs(**kw, binning=False),
+        image(PIXART_ALPHA_MICRO_TRAINED),
+        (2, 2),
+        "eps_learned",
+    ),
+    "sana_binning": Case(tiny_sana_pipeline, sana_call_kwargs, image(SANA_TRAINED), (2, 2), "flow"),
+    "lumina2": Case(
+        tiny_lumina2_pipeline,
+        lumina2_call_kwargs,
+        image(LUMINA2_TRAINED),
+        (2, 2),
+        "flow_reversed",
+        1.0,
+    ),  # fmt: skip
+    "wan21": Case(
+        tiny_wan_pipeline,
+        wan_call_kwargs,
+        video(WAN_TRAINED, WAN_TRAINED_FRAMES, 4),
+        (2, 2, 2),
+        "flow",
+    ),  # fmt: skip
+    "wan22_two_transformers": Case(
+        tiny_wan22_pipeline,
+        wan_call_kwargs,
+        video(WAN_TRAINED, WAN_TRAINED_FRAMES, 4),
+        (2, 2, 2),
+        "flow",
+        denoisers=("transformer", "transformer_2"),
+    ),  # fmt: skip
+    "hunyuan_video_true_cfg": Case(
+        tiny_hunyuan_video_pipeline,
+        lambda **kw: hunyuan_video_call_kwargs(**kw, true_cfg=4.0),
+        video(HUNYUAN_TRAINED, HUNYUAN_TRAINED_FRAMES, 4),
+        (1, 2, 2),
+        "flow",
+    ),
+    "cogvideox": Case(
+        tiny_cogvideox_pipeline,
+        cogvideox_call_kwargs,
+        video(COGVIDEOX_TRAINED, COGVIDEOX_TRAINED_FRAMES, 4),
+        (2, 2, 2),
+        "v",
+        frames_first=True,
+    ),  # fmt: skip
+    "ltx": Case(
+        tiny_ltx_pipeline,
+        ltx_call_kwargs,
+        video(LTX_TRAINED, LTX_TRAINED_FRAMES, 8),
+        (2, 2, 2),
+        "flow",
+        ltx=True,
+    ),  # fmt: skip
+}
+
+
+def run(case: Case, pipe, **overrides):
+    """One pipeline call at 2x, output as latents."""
+    return pipe(**case.kwargs(**{**case.size, **overrides}))[0]
+
+
+# ---------------------------------------------------------------------- the references
+def D(x: torch.Tensor, f: tuple) -> torch.Tensor:
+    """Block mean over the trailing len(f) axes, by reshape and mean."""
+    lead = x.shape[: x.ndim - len(f)]
+    shape, axes = list(lead), []
+    for n, m in zip(x.shape[x.ndim - len(f) :], f, strict=True):
+        shape += [n // m, m]
+        axes.append(len(shape) - 1)
+    return x.reshape(shape).mean(dim=axes)
+
+
+def U(y: torch.Tensor, f: tuple) -> torch.Tensor:
+    """Nearest upsampling by repeat_interleave."""
+    for axis, m in zip(range(y.ndim - len(f), y.ndim), f, strict=True):
+        y = y.repeat_interleave(m, dim=axis)
+    return y
+
+
+def close(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """float32 model arithmetic against float64 references: 2e-5 of the largest magnitude."""
+    tol = 2e-5 * max(1.0, float(expected.abs().max()))
+    torch.testing.assert_close(got, expected, rtol=2e-5, atol=tol)
+
+
+def per(v, like):
+    """A per-sample scalar tensor shaped to broadcast against ``like``."""
+    v = torch.as_tensor(v, dtype=F64).reshape(-1)
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def nearest_tau(alphas, t: int, k: int) -> int:
+    """The paper's appendix A (m**2 written as k)."""
+    a = np.asarray(alphas, dtype=np.float64)
+    log_snr = np.log(a / (1 - a + 1e-300) + 1e-300)
+    return int(np.argmin(np.abs(log_snr[t] + np.log(k) - log_snr)))
+
+
+def reference(case: Case, pipe, high, low, w: float = 1.0):
+    """The guided output of one call, from its recorded high and low calls (ug-math by hand).
+
+    Also checks the low call's input and time. Returns (expected grid, guided-output grid index
+    of the noisy channels).
+    """
+    (hn, h_out), (ln, l_out) = high, low
+    f, k = case.factors, math.prod(case.factors)
+    x, x_l = case.grid(hn["hidden_states"], hn), case.grid(ln["hidden_states"], ln)
+    p, p_l = case.grid(h_out, hn), case.grid(l_out, ln)
+    t, t_l = torch.as_tensor(hn["timestep"], dtype=F64), torch.as_tensor(ln["timestep"], dtype=F64)
+    channels = x.shape[1]
+    if case.form in ("flow", "flow_reversed"):
+        sign = -1.0 if case.form == "flow_reversed" else 1.0
+        sigma = t / case.flow_scale
+        if case.form == "flow_reversed":
+            sigma = 1 - sigma
+        v, v_l = sign * p, sign * p_l
+        c = 1 / ((1 - sigma) + sigma / math.sqrt(k))
+        sigma_low = sigma / (sigma + math.sqrt(k) * (1 - sigma))  # ug-math §7
+        expected_low_t = (1 - sigma_low) if case.form == "flow_reversed" else sigma_low
+        torch.testing.assert_close(
+            torch.as_tensor(ln["timestep"], dtype=F64).reshape(-1),
+            (expected_low_t * case.flow_scale).reshape(-1).expand(x.shape[0]),
+            rtol=1e-5,
+            atol=1e-6 * case.flow_scale,
+        )
+        close(x_l, per(c, x) * D(x, f))
+        x0 = x - per(sigma, x) * v
+        x0_low = x_l - per(sigma_low, x_l) * v_l
+        x0_new = x0 + w * U(x0_low - D(x0, f), f)
+        return sign * (x - x0_new) / per(sigma, x), channels
+    alphas = pipe.scheduler.alphas_cumprod.to(F64)
+    ti = int(t.reshape(-1)[0])
+    a_bar = float(alphas[ti])
+    power = a_bar + (1 - a_bar) / k
+    assert int(t_l.reshape(-1)[0]) == nearest_tau(alphas, ti, k)
+    close(x_l, D(x, f) / math.sqrt(power))
+    if case.form == "eps_learned":  # Eq. 10 on the mean half; the variance half is kept
+        eps, eps_l = p[:, :channels], p_l[:, :channels]
+        return eps + w * U(eps_l / math.sqrt(k) - D(eps, f), f), channels
+    a, s = math.sqrt(a_bar), math.sqrt(1 - a_bar)  # v-prediction, ug-math §5
+    a_l, s_l = a / math.sqrt(power), s / math.sqrt(power * k)
+    x0 = a * x - s * p
+    x0_low = (a_l * x_l - s_l * p_l) / (a_l**2 + s_l**2)
+    x0_new = x0 + w * U(x0_low - D(x0, f), f)
+    eps_new = (x - a * x0_new) / s
+    return a * eps_new - s * x0_new, channels
+
+
+def recorded(case: Case, pipe, w: float):
+    """Run at 2x with UG; return, per denoiser, (high, low, guided) triples and the pipe."""
+    apply_upsample_guidance(pipe, case.factors, w)
+    recs = {n: (ForwardRecorder(getattr(pipe, n)), OutputRecorder(getattr(pipe, n))) for n in
+            case.denoisers}  # fmt: skip
+    run(case, pipe)
+    triples = {}
+    for name, (rec, out) in recs.items():
+        rec.close(), out.close()
+        highs, lows = rec.calls[0::2], rec.calls[1::2]
+        high_shape = tuple(highs[0][1].shape) if highs else None
+        guided = [o for o in out.outputs if tuple(o.shape) == high_shape]
+        triples[name] = list(zip(highs, lows, guided, strict=True))
+        assert len(highs) == len(lows) == len(guided)  # one low call per transformer call
+        for (hn, _), (ln, _) in zip(highs, lows, strict=True):
+            assert ln["hidden_states"].shape[0] == hn["hidden_states"].shape[0]  # whole batch
+            assert ln["hidden_states"].numel() * math.prod(case.factors) == (
+                hn["hidden_states"].numel()
+            )
+    return triples
+
+
+# ---------------------------------------------------------------------- tests
+@pytest.mark.parametrize("name", list(CASES))
+def test_scale_zero_is_bit_identical_and_remove_restores(name):
+    case = CASES[name]
+    pipe = case.build()
+    plain = run(case, pipe)
+    apply_upsample_guidance(pipe, case.factors, 0.0)
+    assert torch.equal(run(case, pipe), plain)
+    apply_upsample_guidance(pipe, case.factors, 1.0)
+    assert is_upsample_guided(pipe)
+    guided = run(case, pipe)
+    assert torch.isfinite(guided).all() and not torch.equal(guided, plain)
+    remove_upsample_guidance(pipe)
+    assert not is_upsample_guided(pipe)
+    for n in case.denoisers:
+        module = getattr(pipe, n)
+        assert not module._forward_hooks and not module._forward_pre_hooks
+        assert "_upsample_guidance" not in module.__dict__
+    assert "progress_bar" not in pipe.__dict__
+    assert torch.equal(run(case, pipe), plain)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_guided_calls_equal_the_hand_written_reference(name):
+    case = CASES[name]
+    pipe = case.build()
+    w = 1.3
+    triples = recorded(case, pipe, w)
+    assert all(triples.values()), "every denoiser made guided calls"
+    for calls in triples.values():
+        for high, low, guided in calls:
+            expected, channels = reference(case, pipe, high, low, w)
+            got = case.grid(guided, high[0])
+            close(got[:, :channels], expected)
+            if got.shape[1] > channels:  # learned variance: kept bit for bit
+                raw = case.grid(high[1], high[0])
+                assert torch.equal(got[:, channels:], raw[:, channels:])
+
+
+def test_flux_img_ids_txt_ids_and_guidance_of_the_low_call():
+    case = CASES["flux_dev_dynamic_shift"]
+    pipe = case.build()
+    assert pipe.scheduler.config.use_dynamic_shifting
+    (high, low, _), *_ = recorded(case, pipe, 1.0)["transformer"]
+    hn, ln = high[0], low[0]
+    rows, cols = case.size["height"] // 8, case.size["width"] // 8  # low patch grid
+    ids = torch.zeros(rows, cols, 3)
+    ids[..., 1] += torch.arange(rows)[:, None]
+    ids[..., 2] += torch.arange(cols)[None, :]
+    assert torch.equal(ln["img_ids"], ids.reshape(-1, 3).to(hn["img_ids"].dtype))
+    assert ln["txt_ids"] is hn["txt_ids"] and ln["guidance"] is hn["guidance"]
+    assert ln["encoder_hidden_states"] is hn["encoder_hidden_states"]
+
+
+def test_flux2_ids_and_qwen_img_shapes_and_chroma_mask_of_the_low_call():
+    case = CASES["flux2"]
+    (high, low, _), *_ = recorded(case, case.build(), 1.0)["transformer"]
+    b = high[0]["hidden_states"].shape[0]
+    rows, cols = FLUX2_TRAINED // 16, FLUX2_TRAINED // 16  # VAE 8, packing 2, at half of 2x
+    ids = torch.cartesian_prod(torch.arange(1), torch.arange(rows), torch.arange(cols),
+                               torch.arange(1))  # fmt: skip
+    assert torch.equal(low[0]["img_ids"], ids.expand(b, -1, -1).to(low[0]["img_ids"].dtype))
+    case = CASES["qwenimage"]
+    (high, low, _), *_ = recorded(case, case.build(), 1.0)["transformer"]
+    rows = QWEN_TRAINED // 16
+    assert high[0]["img_shapes"] == [[(1, 2 * rows, 2 * rows)]]
+    assert low[0]["img_shapes"] == [[(1, rows, rows)]]
+    case = CASES["chroma"]
+    (high, low, _), *_ = recorded(case, case.build(), 1.0)["transformer"]
+    mask, low_mask = high[0]["attention_mask"], low[0]["attention_mask"]
+    tokens = high[0]["hidden_states"].shape[1]
+    text = mask[:, :-tokens]
+    expected = torch.cat([text, torch.ones(1, tokens // 4, dtype=mask.dtype)], dim=1)
+    assert torch.equal(low_mask, expected)
+
+
+def test_cogvideox_rotary_embeddings_of_the_low_grid():
+    case = CASES["cogvideox"]
+    pipe = case.build()
+    (high, low, _), *_ = recorded(case, pipe, 1.0)["transformer"]
+    frames = low[0]["hidden_states"].shape[1]
+    h, w = case.size["height"] // 2, case.size["width"] // 2  # pixels of the low grid
+    cos, sin = pipe._prepare_rotary_positional_embeddings(h, w, frames, torch.device("cpu"))
+    got_cos, got_sin = low[0]["image_rotary_emb"]
+    assert torch.equal(got_cos, cos) and torch.equal(got_sin, sin)
+    assert got_cos.shape[0] * 8 == high[0]["image_rotary_emb"][0].shape[0]
+
+
+def test_ltx_grid_arguments_and_rope_scale_of_the_low_call():
+    case = CASES["ltx"]
+    (high, low, _), *_ = recorded(case, case.build(), 1.0)["transformer"]
+    for name in ("num_frames", "height", "width"):
+        assert low[0][name] * 2 == high[0][name]
+    assert low[0]["rope_interpolation_scale"] == high[0]["rope_interpolation_scale"]
+    assert low[0]["encoder_attention_mask"] is high[0]["encoder_attention_mask"]
+
+
+def test_pixart_alpha_micro_conditioning_describes_the_low_image():
+    case = CASES["pixart_alpha_micro"]
+    (high, low, _), *_ = recorded(case, case.build(), 1.0)["transformer"]
+    hi, lo = high[0]["added_cond_kwargs"], low[0]["added_cond_kwargs"]
+    assert torch.equal(lo["resolution"] * 2, hi["resolution"])
+    assert torch.equal(lo["aspect_ratio"], hi["aspect_ratio"])
+    pipe = case.build()
+    apply_upsample_guidance(pipe, case.factors, 1.0, micro_conditioning="high")
+    rec = ForwardRecorder(pipe.transformer)
+    run(case, pipe)
+    assert torch.equal(rec.calls[1][0]["added_cond_kwargs"]["resolution"], hi["resolution"])
+
+
+def test_pixart_binning_default_samples_the_requested_size():
+    """With use_resolution_binning left True, a 2x request is sampled at 2x (not at the bin)."""
+    case = CASES["pixart_sigma_binning"]
+    pipe = case.build()
+    rec = ForwardRecorder(pipe.transformer)
+    run(case, pipe, steps=1)
+    assert rec.calls[0][0]["hidden_states"].shape[-1] == PIXART_TRAINED // 8  # plain: the bin
+    rec.close()
+    apply_upsample_guidance(pipe, case.factors, 1.0)
+    rec = ForwardRecorder(pipe.transformer)
+    latents = run(case, pipe, steps=1)
+    assert rec.calls[0][0]["hidden_states"].shape[-1] == 2 * PIXART_TRAINED // 8
+    assert rec.calls[1][0]["hidden_states"].shape[-1] == PIXART_TRAINED // 8
+    assert latents.shape[-1] == 2 * PIXART_TRAINED // 8
+    remove_upsample_guidance(pipe)
+    assert "image_processor" in pipe.__dict__ and type(pipe.image_processor).__name__ == (
+        "PixArtImageProcessor"
+    )
+
+
+def test_wan22_guides_both_transformers():
+    case = CASES["wan22_two_transformers"]
+    pipe = case.build()
+    triples = recorded(case, pipe, 1.0)
+    assert len(triples["transformer"]) >= 1 and len(triples["transformer_2"]) >= 1
+    remove_upsample_guidance(pipe)
+    assert not pipe.transformer._forward_hooks and not pipe.transformer_2._forward_hooks
+
+
+def test_every_guided_call_gets_its_time_from_the_host(monkeypatch):
+    """The scheduler clock gives every call's time on the host (so t is never read back),
+    except a first step whose time is neither a view of the timesteps nor indexed yet (Sana
+    scales t; the core then computes on the device, and the first step is always guided)."""
+    seen = []
+    prepare = guidance_module.UpsampleGuidance.prepare
+
+    def spy(self, x, t, *, host_time=None):
+        seen.append(host_time)
+        return prepare(self, x, t, host_time=host_time)
+
+    monkeypatch.setattr(guidance_module.UpsampleGuidance, "prepare", spy)
+    for name, case in CASES.items():
+        seen.clear()
+        pipe = case.build()
+        apply_upsample_guidance(pipe, case.factors, 1.0)
+        run(case, pipe)
+        assert seen, name
+        unknown = [i for i, h in enumerate(seen) if h is None]
+        assert unknown == ([0] if name == "sana_binning" else []), (name, seen)
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "match"),
+    [
+        ("sd3", dict(height=68), r"height=68 gives a latent height of 34: the latent height "
+                                 r"\(factor 2 x patch 2\) has sizes \(34,\) .* use 32 or 36"),
+        ("flux_dev_dynamic_shift", dict(width=68), r"width=68 gives a latent width of 34"),
+        ("wan21", dict(num_frames=9), r"num_frames=9 gives 3 latent frames \(a temporal factor "
+                                      r"counts latent frames\): .*\(factor 2\)"),
+        ("ltx", dict(height=96), r"height=96 gives a latent height of 3"),
+        ("cogvideox", dict(width=72), r"width=72 gives a latent width of 9"),
+    ],
+)  # fmt: skip
+def test_a_bad_size_fails_before_any_model_call(name, bad, match):
+    case = CASES[name]
+    pipe = case.build()
+    apply_upsample_guidance(pipe, case.factors, 1.0)
+    recs = [ForwardRecorder(pipe.vae)] + [ForwardRecorder(getattr(pipe, n)) for n in
+                                          case.denoisers]  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        run(case, pipe, **bad)
+    assert all(r.calls == [] for r in recs)
+
+
+def test_guided_denoiser_wraps_a_bare_transformer_like_the_pipeline():
+    """guided_denoiser (guided_unet is the same) on SD3's transformer in an own loop."""
+    case = CASES["sd3"]
+    pipe = case.build()
+    kwargs = case.kwargs(**case.size, steps=3)
+    latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(3))
+    guided = guided_denoiser(pipe.transformer, pipe.scheduler, (2, 2), 1.0, eta=0.6)
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(3)
+    embeds = torch.cat([kwargs["negative_prompt_embeds"], kwargs["prompt_embeds"]])
+    pooled = torch.cat([kwargs["negative_pooled_prompt_embeds"], kwargs["pooled_prompt_embeds"]])
+    x = latents
+    for t in scheduler.timesteps:
+        out = guided(
+            torch.cat([x] * 2),
+            timestep=t.expand(2),
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+        ).sample
+        uncond, cond = out.chunk(2)
+        x = scheduler.step(uncond + 5.0 * (cond - uncond), t, x).prev_sample
+    apply_upsample_guidance(pipe, (2, 2), 1.0, eta=0.6)
+    expected = pipe(**{**kwargs, "latents": latents})[0]
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-6)
+
+
+def test_unsupported_transformers_get_a_clear_error():
+    pipe = tiny_cogview4_pipeline()
+    with pytest.raises(TypeError, match=r"CogView4Transformer2DModel is not a supported "
+                                        r"denoiser\. Supported families: UNet: "):  # fmt: skip
+        apply_upsample_guidance(pipe)
+    pipe = tiny_ltx_pipeline()
+    with pytest.raises(ValueError, match=r"factors=\(2, 2, 2, 2\)|factors must have 2 entries"):
+        apply_upsample_guidance(pipe, (2, 2, 2, 2))
+    pipe = tiny_sd3_pipeline()
+    with pytest.raises(ValueError, match=r"factors=\(2, 2, 2\) has 3 entries .* the SD3 family "
+                                         r"takes images"):  # fmt: skip
+        apply_upsample_guidance(pipe, (2, 2, 2))
