@@ -118,3 +118,16 @@ def test_shipped_models_sample_methods():
     assert set(out) == {"naive", "ug", "bicubic"}
     assert all(v.shape == (1, 3, 64, 64) for v in out.values())
     assert not torch.equal(out["naive"], out["ug"])
+
+
+def test_latent_flow_sample_methods_through_the_adapter(latent_flow):
+    """Naive / UG / bicubic for the latent model: UG by apply_upsample_guidance, removed after."""
+    from ug_core.adapters.diffusers import is_upsample_guided
+
+    entry = shipped_model("latent-flow")
+    out = entry.sample_methods(n=1, factors=(2, 2), steps=2, eta=0.6, model=latent_flow)
+    assert all(v.shape == (1, 3, 64, 64) for v in out.values())
+    assert not torch.equal(out["naive"], out["ug"])
+    assert not is_upsample_guided(latent_flow.pipe)
+    again = entry.sample_methods(n=1, factors=(2, 2), steps=2, eta=0.6, model=latent_flow)
+    assert all(torch.equal(out[k], again[k]) for k in out)
