@@ -97,7 +97,7 @@ class PixelRunner:
 
     def hires(self, images: torch.Tensor, strength: float, theta=None, eta=1.0) -> torch.Tensor:
         """SDEdit of ``images`` at ``strength``, with UG (θ, η) when θ is given."""
-        from ug_core.demo.model import sdedit
+        from baselines import sdedit
 
         ug = {} if theta is None else dict(factors=self.fac, scale=theta, eta=eta)
         return sdedit(self.model, images, strength, seed=0, steps=self.steps, labels=self.labels,

@@ -43,8 +43,8 @@ __all__ = [
 #: The shipped encoder's folder.
 ENCODER_DIR = Path(__file__).resolve().parent.parent / "assets" / "domain_encoder"
 
-#: Channel widths of the four stages, and the feature dimension.
-ENCODER_CONFIG = dict(channels=(32, 48, 96, 128), hidden=192, feature_dim=64)
+#: Channel widths of the four stages, the hidden width and the feature dimension.
+ENCODER_CONFIG = dict(channels=(32, 64, 128, 128), hidden=192, feature_dim=64)
 #: Dimension of the features the Fréchet distance uses.
 FEATURE_DIM = ENCODER_CONFIG["feature_dim"]
 
@@ -100,16 +100,19 @@ def scene_targets(params: SceneParams) -> dict[str, torch.Tensor]:
     )
 
 
-def _conv(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Sequential:
-    """Convolution, batch norm, GELU (a per-image norm would divide out colour and contrast)."""
-    pad = (k - stride) // 2 if stride > 1 else k // 2
+def _conv(c_in: int, c_out: int) -> nn.Sequential:
+    """3×3 convolution, batch norm, GELU (a per-image norm would divide out colour and contrast)."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, k, stride, pad, bias=False), nn.BatchNorm2d(c_out), nn.GELU()
+        nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()
     )
 
 
 class DomainEncoder(nn.Module):
-    """A CNN with global mean and std pooling; ``features`` are its penultimate layer."""
+    """A VGG-style CNN with global mean and max pooling; ``features`` are its penultimate layer.
+
+    Stages of two 3×3 convolutions, 2×2 max pooling between them (the last stage has one
+    convolution); the input gets two extra channels holding each pixel's relative coordinates.
+    """
 
     def __init__(
         self,
@@ -119,11 +122,12 @@ class DomainEncoder(nn.Module):
     ) -> None:
         super().__init__()
         c = list(channels)
-        # Full resolution, to see pixel-scale detail; two extra input channels hold the pixel's
-        # relative coordinates (u, v) in [-1, 1], so that pooled features can carry position.
-        layers: list[nn.Module] = [_conv(5, c[0], 3)]
-        for a, b in zip(c[:-1], c[1:], strict=True):
-            layers += [_conv(a, b, 4, 2), _conv(b, b, 3)]
+        # Full resolution first, to see pixel-scale detail; the two extra input channels hold the
+        # pixel's relative coordinates (u, v) in [-1, 1], so that pooled features carry position.
+        layers: list[nn.Module] = [_conv(5, c[0]), _conv(c[0], c[0])]
+        for a, b in zip(c[:-2], c[1:-1], strict=True):
+            layers += [nn.MaxPool2d(2), _conv(a, b), _conv(b, b)]
+        layers += [nn.MaxPool2d(2), _conv(c[-2], c[-1])]
         self.body = nn.Sequential(*layers)
         self.neck = nn.Sequential(
             nn.Linear(2 * c[-1], hidden), nn.GELU(), nn.Linear(hidden, feature_dim), nn.GELU()
@@ -142,7 +146,7 @@ class DomainEncoder(nn.Module):
         u = torch.linspace(-1, 1, ww, dtype=images.dtype, device=images.device)
         grid = torch.stack(torch.meshgrid(u, v, indexing="xy")).expand(n, 2, hh, ww)
         h = self.body(torch.cat([images, grid], 1))
-        pooled = torch.cat([h.mean((2, 3)), h.std((2, 3))], 1)
+        pooled = torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)
         return self.neck(pooled)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
