@@ -19,7 +19,11 @@ Both write into one ``StableDiffusion3Pipeline`` folder (``--out``): ``vae/``, t
   ``StableDiffusion3Pipeline`` feeds it). Classes enter as learned tokens
   (:class:`~ug_core.demo.latent.ClassEmbeddings`) dropped to the null class with probability
   ``--cfg-dropout``. The saved weights are EMA weights. Every ``--save-every`` steps the folder is
-  a complete pipeline.
+  a complete pipeline. ``--position-jitter`` crops the positional-embedding grid at a random
+  offset per sample (as if each 8×8 latent were a crop of a larger canvas), so that every
+  position of the ``pos_embed_max_size`` grid is seen in training; sampling uses the pipeline's
+  usual centre crop. Without it the model knows only the central 8×8 positions, and a larger
+  canvas meets positions it never saw. ``--init`` continues from a saved pipeline folder.
 
 Learning rates are constant after a linear warm-up, so the first N steps of a run are a run with
 ``--steps N``.
@@ -150,6 +154,30 @@ def _encode_pool(vae, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return (torch.cat(z) - shift) * scale
 
 
+def jitter_positions(patch_embed: torch.nn.Module, generator: torch.Generator, batch: int) -> None:
+    """Make ``patch_embed`` (an SD3 ``PatchEmbed``) crop its grid at random offsets per sample.
+
+    ``batch`` is the training batch size (every call crops that many grids).
+
+    Installed as an instance attribute on the training model only (not saved, not on the EMA).
+    """
+    grid = patch_embed.pos_embed_max_size
+    table = patch_embed.pos_embed  # (1, grid * grid, dim), a buffer
+
+    def cropped_pos_embed(height: int, width: int) -> torch.Tensor:
+        """Per-sample random crops of the grid (batch size from the pending call)."""
+        h, w = height // patch_embed.patch_size, width // patch_embed.patch_size
+        n = batch
+        top = torch.randint(0, grid - h + 1, (n,), generator=generator)
+        left = torch.randint(0, grid - w + 1, (n,), generator=generator)
+        rows = top[:, None, None] + torch.arange(h)[None, :, None]
+        cols = left[:, None, None] + torch.arange(w)[None, None, :]
+        index = (rows * grid + cols).reshape(n, h * w).to(table.device)
+        return table[0][index]  # (n, h·w, dim)
+
+    patch_embed.cropped_pos_embed = cropped_pos_embed
+
+
 def save_pipeline(out: Path, vae, transformer, embeddings: ClassEmbeddings) -> None:
     """Write ``out`` as a StableDiffusion3Pipeline folder with the class tokens beside it."""
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
@@ -188,6 +216,8 @@ def train_transformer(
     threads: int = 1,
     log_every: int = 50,
     device: str = "cpu",
+    position_jitter: bool = True,
+    init: str | Path | None = None,
 ) -> dict:
     """Train the SD3Transformer2DModel on the latents of the VAE in ``out/vae``; returns a summary.
 
@@ -209,7 +239,17 @@ def train_transformer(
     model = build_transformer(seed).to(device)
     torch.manual_seed(seed)
     emb = ClassEmbeddings().to(device)
+    if init is not None:
+        from diffusers import SD3Transformer2DModel
+        from safetensors.torch import load_file
+
+        start_from = SD3Transformer2DModel.from_pretrained(Path(init) / "transformer")
+        model.load_state_dict(start_from.state_dict())
+        emb.load_state_dict(load_file(Path(init) / "class_embeddings.safetensors"))
+        print(f"initialised from {init}", flush=True)
     ema, ema_emb = copy.deepcopy(model).requires_grad_(False), copy.deepcopy(emb)
+    if position_jitter:
+        jitter_positions(model.pos_embed, torch.Generator().manual_seed(seed + 2), batch_size)
     ema_emb.requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"SD3Transformer2DModel: {n_params / 1e6:.2f} M parameters", flush=True)
@@ -225,7 +265,8 @@ def train_transformer(
         info = dict(
             step=step, steps=steps, batch_size=batch_size, lr=lr, seed=seed, pool=pool,
             cfg_dropout=cfg_dropout, ema_decay=ema_decay, threads=threads, device=device,
-            parameters=n_params, seconds=round(time.time() - start, 1),
+            parameters=n_params, position_jitter=position_jitter,
+            init=None if init is None else str(init), seconds=round(time.time() - start, 1),
             loss=float(np.mean(losses[-log_every:])) if losses else None,
         )  # fmt: skip
         (out / "training_log_transformer.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -280,9 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--no-position-jitter", action="store_true",
+                   help="transformer: train on the grid's centre crop only")  # fmt: skip
+    p.add_argument("--init", default=None, help="transformer: continue from this pipeline folder")
     a = p.parse_args(argv)
     given = {k: v for k, v in dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                                     pool=a.pool).items() if v is not None}  # fmt: skip
+    if a.stage == "transformer":
+        given.update(position_jitter=not a.no_position_jitter, init=a.init)
     fn = train_vae if a.stage == "vae" else train_transformer
     fn(a.out, seed=a.seed, save_every=a.save_every, threads=a.threads, device=a.device,
        log_every=a.log_every, **given)  # fmt: skip
