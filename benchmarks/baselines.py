@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,11 +68,16 @@ def sdedit(
     cfg: float = 1.0,
     batch_size: int = 64,
     progress: bool = True,
+    factors: int | Sequence[int] | None = None,
+    scale: float = 1.0,
+    eta: float = 1.0,
 ) -> torch.Tensor:
     """SDEdit at the images' size: noise to timestep ``strength·(N − 1)``, then DDIM back to 0.
 
     Deterministic DDIM on the schedule truncated at that timestep, with ``round(strength·steps)``
-    steps; the noise comes from seeds ``seed + 10**6 + i``.
+    steps; the noise comes from seeds ``seed + 10**6 + i``. With ``factors``, that pass is
+    upsample-guided (``scale``, ``eta`` as in ``generate``; η is a fraction of the truncated time
+    axis): HiRes.fix with UG in its high-resolution pass.
     """
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength!r}")
@@ -86,4 +92,5 @@ def sdedit(
     return generate(
         TruncatedSchedule(model, t0), n, images.shape[-2:], seed, k, labels=labels, cfg=cfg,
         noise=xt, batch_size=batch_size, progress=progress, desc=f"SDEdit {strength}",
+        factors=factors, scale=scale, eta=eta,
     )  # fmt: skip

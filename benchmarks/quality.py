@@ -359,6 +359,12 @@ def write_report() -> None:
             "",
         ]
     lines += _target_lines()
+    from domain_metric import report_lines as domain_lines
+    from quality_v2 import report_lines as v2_lines
+
+    if (RESULTS / "domain_metric.json").is_file():
+        lines += domain_lines(json.loads((RESULTS / "domain_metric.json").read_text()))
+    lines += v2_lines()
     for path in sorted(RESULTS.glob("cost*.json")):
         from cost import report_lines  # the cost script's own table
 

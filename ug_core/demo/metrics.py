@@ -53,7 +53,7 @@ def _to_numpy(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.clip(x, -1.0, 1.0)
 
 
-def _background(img: np.ndarray, ring: int) -> np.ndarray:
+def _background(img: np.ndarray, ring: int, threshold: float) -> np.ndarray:
     """The affine background model of one image (3, H, W), fitted robustly on its border ring."""
     _, h, w = img.shape
     vv, uu = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
@@ -65,7 +65,7 @@ def _background(img: np.ndarray, ring: int) -> np.ndarray:
     for _ in range(3):  # refit without border pixels that belong to an object
         coef, *_ = np.linalg.lstsq(a[keep], y[keep], rcond=None)
         resid = np.linalg.norm(a @ coef - y, axis=1)
-        new = resid < max(MIN_CONTRAST / 2, 3 * np.median(resid))
+        new = resid < max(threshold, 3 * np.median(resid))
         if new.sum() < 3 or (new == keep).all():
             break
         keep = new
@@ -73,12 +73,18 @@ def _background(img: np.ndarray, ring: int) -> np.ndarray:
 
 
 def segment(images: torch.Tensor | np.ndarray, threshold: float = MIN_CONTRAST / 2) -> np.ndarray:
-    """Foreground masks (n, H, W): pixels farther than ``threshold`` from the fitted background."""
+    """Foreground masks (n, H, W): pixels farther than ``threshold`` from the fitted background.
+
+    The default suits the flat dataset; textured scenes use
+    :data:`ug_core.demo.textured.SEGMENT_THRESHOLD`.
+    """
+    if not isinstance(threshold, (int, float)) or not threshold > 0:
+        raise ValueError(f"threshold must be a positive number, got {threshold!r}")
     x = _to_numpy(images)
     ring = max(1, min(x.shape[-2:]) // 32)
     masks = np.empty((x.shape[0],) + x.shape[2:], dtype=bool)
     for i, img in enumerate(x):
-        masks[i] = np.linalg.norm(img - _background(img, ring), axis=0) > threshold
+        masks[i] = np.linalg.norm(img - _background(img, ring, threshold), axis=0) > threshold
     return masks
 
 
@@ -93,14 +99,17 @@ def _components(mask: np.ndarray, min_area: float) -> list[np.ndarray]:
 
 
 def count_objects(
-    images: torch.Tensor | np.ndarray, min_area: float = 0.004
+    images: torch.Tensor | np.ndarray,
+    min_area: float = 0.004,
+    threshold: float = MIN_CONTRAST / 2,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per image: the number of objects and the largest one's area relative to the image.
 
     An object is an 8-connected foreground component (see :func:`segment`) covering at least
-    ``min_area`` of the image; the area is 0 where there is none.
+    ``min_area`` of the image; the area is 0 where there is none. ``threshold``: as in
+    :func:`segment`.
     """
-    masks = segment(images)
+    masks = segment(images, threshold)
     counts = np.zeros(len(masks), dtype=np.int64)
     areas = np.zeros(len(masks))
     for i, m in enumerate(masks):
@@ -132,12 +141,19 @@ def _radial_spectrum(lum: np.ndarray, bands: int = 8) -> np.ndarray:
     return out
 
 
-def features(images: torch.Tensor | np.ndarray, min_area: float = 0.004) -> np.ndarray:
-    """The 40 features of each image (n, 40), float64; see the module docstring."""
+def features(
+    images: torch.Tensor | np.ndarray,
+    min_area: float = 0.004,
+    threshold: float = MIN_CONTRAST / 2,
+) -> np.ndarray:
+    """The 40 features of each image (n, 40), float64; see the module docstring.
+
+    ``threshold`` is the segmentation threshold of :func:`segment`.
+    """
     x = _to_numpy(images)
     n, _, h, w = x.shape
     lum = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
-    masks = segment(x)
+    masks = segment(x, threshold)
     out = np.empty((n, 40))
     for i in range(n):
         f = []
@@ -190,14 +206,16 @@ def summarize(
     reference: torch.Tensor | np.ndarray | None = None,
     reference_features: np.ndarray | None = None,
     reference_areas: np.ndarray | None = None,
+    threshold: float = MIN_CONTRAST / 2,
 ) -> dict[str, float]:
     """Metrics of a set of images, against a reference set (ground truth) when given.
 
     Returns ``one_object`` (fraction with exactly one object), ``mean_count`` and ``mean_area``;
     with a reference also ``size_w1`` (:func:`size_distance`) and ``frechet``
-    (:func:`frechet_distance`, needs at least 2 images on each side).
+    (:func:`frechet_distance`, needs at least 2 images on each side). ``threshold``: the
+    segmentation threshold of :func:`segment` (textured scenes need their own).
     """
-    counts, areas = count_objects(images)
+    counts, areas = count_objects(images, threshold=threshold)
     out = {
         "one_object": float((counts == 1).mean()),
         "mean_count": float(counts.mean()),
@@ -205,11 +223,11 @@ def summarize(
     }
     if reference is not None:
         if reference_areas is None:
-            reference_areas = count_objects(reference)[1]
+            reference_areas = count_objects(reference, threshold=threshold)[1]
         if reference_features is None:
-            reference_features = features(reference)
+            reference_features = features(reference, threshold=threshold)
     if reference_areas is not None:
         out["size_w1"] = size_distance(areas, reference_areas)
     if reference_features is not None and len(counts) > 1:
-        out["frechet"] = frechet_distance(features(images), reference_features)
+        out["frechet"] = frechet_distance(features(images, threshold=threshold), reference_features)
     return out

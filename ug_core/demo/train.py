@@ -11,6 +11,9 @@ and the wall time. The data are
 :mod:`ug_core.demo.shapes` images rendered at 32×32 from a fixed seed (a pool, with random
 horizontal flips, which leave the distribution unchanged). Class ``len(CLASSES)`` is the null class:
 labels are dropped to it with probability ``--cfg-dropout`` so that classifier-free guidance works.
+
+``--data textured`` trains on :mod:`ug_core.demo.textured` scenes instead (the same shapes filled
+with fractal texture on a textured background): the shipped ``textured32`` model.
 """
 
 from __future__ import annotations
@@ -24,9 +27,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import textured as textured_data
 from .shapes import CLASSES, render, sample_params
 
-__all__ = ["MODEL_CONFIG", "SCHEDULER_CONFIG", "build_model", "train", "main"]
+__all__ = [
+    "DATASETS",
+    "MODEL_CONFIG",
+    "SCHEDULER_CONFIG",
+    "build_model",
+    "render_pool",
+    "train",
+    "main",
+]
+
+#: Training data: the flat shapes dataset or the textured scenes.
+DATASETS = ("flat", "textured")
 
 #: The UNet2DModel's configuration (about 1.1 M parameters, 4.5 MB in float32).
 MODEL_CONFIG = dict(
@@ -69,6 +84,20 @@ def _alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1.0 - betas.double(), 0).float()
 
 
+def render_pool(pool: int, seed: int, data: str = "flat", size: int = 32):
+    """``pool`` training images at ``size`` and their labels, rendered from ``seed`` in chunks."""
+    if data not in DATASETS:
+        raise ValueError(f"data must be one of {DATASETS}, got {data!r}")
+    rng = np.random.default_rng(seed)
+    if data == "flat":
+        params = sample_params(pool, rng)
+        chunks = [render(params[i : i + 1000], size) for i in range(0, pool, 1000)]
+        return torch.cat(chunks), torch.as_tensor(params.label)
+    scenes = textured_data.sample_scene_params(pool, rng)
+    chunks = [textured_data.render(scenes[i : i + 1000], size) for i in range(0, pool, 1000)]
+    return torch.cat(chunks), torch.as_tensor(scenes.shape.label)
+
+
 def train(
     out: str | Path,
     steps: int = 5500,
@@ -83,10 +112,15 @@ def train(
     threads: int = 2,
     log_every: int = 50,
     device: str = "cpu",
+    data: str = "flat",
+    init: str | Path | None = None,
 ) -> dict:
     """Train and save the model into ``out``; returns a summary (steps, loss, seconds).
 
-    The defaults are the embedded model's settings (``ug_core/assets/shapes32/TRAINING.md``).
+    The defaults are the embedded model's settings (``ug_core/assets/shapes32/TRAINING.md``);
+    ``data="textured"`` trains on the textured scenes (``ug_core/assets/textured32``). ``init``: a
+    UNet2DModel folder with the same configuration to start from (fine-tuning) instead of a fresh
+    initialisation.
     """
     from diffusers import DDPMScheduler
 
@@ -95,13 +129,21 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     # The data: a pool of 32×32 images rendered from the seed, in chunks.
-    rng = np.random.default_rng(seed)
-    params = sample_params(pool, rng)
-    images = torch.cat([render(params[i : i + 1000], 32) for i in range(0, pool, 1000)])
-    images, labels = images.to(device), torch.as_tensor(params.label).to(device)
+    images, labels = render_pool(pool, seed, data)
+    images, labels = images.to(device), labels.to(device)
     print(f"rendered {pool} images in {time.time() - start:.1f} s", flush=True)
 
-    model = build_model(seed).to(device)
+    model = build_model(seed)
+    if init is not None:
+        from diffusers import UNet2DModel
+
+        start_from = UNet2DModel.from_pretrained(init, local_files_only=True)
+        try:
+            model.load_state_dict(start_from.state_dict())
+        except RuntimeError as err:
+            raise ValueError(f"init={str(init)!r} does not match MODEL_CONFIG: {err}") from None
+        print(f"initialised from {init}", flush=True)
+    model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"UNet2DModel: {n_params / 1e6:.2f} M parameters", flush=True)
@@ -118,7 +160,7 @@ def train(
     def save(step: int) -> None:
         ema.save_pretrained(out, safe_serialization=True)
         DDPMScheduler(**SCHEDULER_CONFIG).save_config(out)
-        meta = dict(classes=list(CLASSES) + ["none"], null_class=null)
+        meta = dict(classes=list(CLASSES) + ["none"], null_class=null, data=data)
         (out / "classes.json").write_text(json.dumps(meta, indent=2) + "\n")
         info = dict(
             step=step,
@@ -130,6 +172,8 @@ def train(
             cfg_dropout=cfg_dropout,
             ema_decay=ema_decay,
             threads=threads,
+            data=data,
+            init=None if init is None else str(init),
             seconds=round(time.time() - start, 1),
             loss=float(np.mean(losses[-log_every:])) if losses else None,
         )
@@ -188,11 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--data", choices=DATASETS, default="flat",
+                   help="flat shapes (shapes32) or textured scenes (textured32)")  # fmt: skip
+    p.add_argument("--init", default=None,
+                   help="UNet2DModel folder to start from (fine-tuning)")  # fmt: skip
     a = p.parse_args(argv)
     train(
         a.out, a.steps, a.batch_size, a.lr, a.seed, a.pool, a.cfg_dropout, a.ema_decay,
         save_every=a.save_every, threads=a.threads, device=a.device,
-        log_every=a.log_every,
+        log_every=a.log_every, data=a.data, init=a.init,
     )  # fmt: skip
     return 0
 

@@ -1,0 +1,199 @@
+"""The shipped demo models by name, for ``ug sample --model NAME`` and the benchmarks.
+
+============== ================================ ===========================================
+name           folder (``ug_core/assets/``)     what it is
+============== ================================ ===========================================
+``shapes``     ``shapes32``                     pixel UNet2DModel, flat shapes, 32×32, DDPM
+``textured``   ``textured32``                   the same UNet trained on textured scenes
+``latent-flow`` ``latent_flow``                 AutoencoderKL (f = 4) + SD3Transformer2DModel,
+                                                flow matching, textured scenes, 32×32
+============== ================================ ===========================================
+
+::
+
+    from ug_core.demo.registry import shipped_model
+
+    entry = shipped_model("textured")
+    images = entry.sample_methods(n=4, factors=(2, 2), seed=0)   # naive / ug / bicubic
+    truth = entry.ground_truth(256, (64, 64))                     # for the metrics
+
+:meth:`ShippedModel.sample_methods` runs the three methods of ``ug sample`` for either kind of model
+from the same seeds: the UNets through the core (:func:`ug_core.demo.model.generate`), the latent
+model through the real ``StableDiffusion3Pipeline`` with
+:func:`ug_core.adapters.diffusers.apply_upsample_guidance`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import metrics, shapes, textured
+
+__all__ = ["SHIPPED", "ShippedModel", "shipped_model", "shipped_names"]
+
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """One shipped model: where it lives, what kind it is, and what data it was trained on."""
+
+    name: str
+    """Registry name (``--model NAME``)."""
+    folder: Path
+    """Its folder under ``ug_core/assets``."""
+    kind: str
+    """``"unet"`` (a :class:`~ug_core.demo.model.DemoModel`) or ``"latent-flow"``."""
+    data: str
+    """Training data: ``"flat"`` shapes or ``"textured"`` scenes."""
+    default_cfg: float
+    """Classifier-free guidance scale used by default."""
+    default_steps: int
+    """Sampling steps used by default."""
+    description: str
+    """One line for listings."""
+
+    @property
+    def trained_size(self) -> tuple[int, int]:
+        """The size it was trained at (height, width), in pixels."""
+        return (32, 32)
+
+    @property
+    def segment_threshold(self) -> float:
+        """The segmentation threshold for its data (``metrics.count_objects(threshold=)``)."""
+        return textured.SEGMENT_THRESHOLD if self.data == "textured" else shapes.MIN_CONTRAST / 2
+
+    def load(self, device: str | torch.device = "cpu") -> Any:
+        """The model: a ``DemoModel`` (UNets) or a ``LatentFlow`` (pipeline + class tokens)."""
+        if self.kind == "unet":
+            from .model import load
+
+            return load(self.folder, device)
+        from .latent import load_pipeline
+
+        return load_pipeline(self.folder, device)
+
+    def ground_truth(self, n: int, size: int | Sequence[int], seed: int = 10**6) -> torch.Tensor:
+        """``n`` ground-truth images of its data at ``size`` (scenes from ``seed``)."""
+        if self.data == "textured":
+            return textured.render(textured.sample_scene_params(n, seed), size)
+        return shapes.render(shapes.sample_params(n, seed), size)
+
+    def summarize(self, images: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+        """One-object fraction, mean count and area, size W1 and Fréchet against ``reference``."""
+        return metrics.summarize(images, reference, threshold=self.segment_threshold)
+
+    def sample_methods(
+        self,
+        n: int = 4,
+        factors: Sequence[int] = (2, 2),
+        seed: int = 0,
+        steps: int | None = None,
+        scale: float = 1.0,
+        eta: float = 1.0,
+        cfg: float | None = None,
+        labels: torch.Tensor | None = None,
+        model: Any = None,
+        progress: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """``{"naive", "ug", "bicubic"}`` → images (n, 3, H, W) in [-1, 1], from the same seeds.
+
+        Sample ``i`` has seed ``seed + i`` and label ``(seed + i) mod 4`` unless ``labels`` is
+        given; the trained-size run starts from ``√k·D[x_T]`` of the same ``x_T``. ``model`` reuses
+        a loaded model (:meth:`load`).
+        """
+        import torch.nn.functional as F
+
+        ok = isinstance(factors, Sequence) and len(factors) == 2
+        ok = ok and all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in factors)
+        if not ok or tuple(factors) == (1, 1):
+            raise ValueError(f"factors must be two integers >= 1, not both 1; got {factors!r}")
+        fh, fw = factors
+        steps = self.default_steps if steps is None else steps
+        cfg = self.default_cfg if cfg is None else cfg
+        th, tw = self.trained_size
+        size = (th * fh, tw * fw)
+        model = self.load() if model is None else model
+        if labels is None:
+            labels = torch.tensor([(seed + i) % len(shapes.CLASSES) for i in range(n)])
+        if self.kind == "unet":
+            from .model import generate, initial_noise, low_res_noise
+
+            noise = initial_noise(n, size, seed)
+            common = dict(seed=seed, steps=steps, labels=labels, cfg=cfg, progress=progress)
+            naive = generate(model, n, size, noise=noise, **common)
+            ug = generate(model, n, size, noise=noise, factors=(fh, fw), scale=scale, eta=eta,
+                          **common)  # fmt: skip
+            small = generate(model, n, (th, tw), noise=low_res_noise(noise, (fh, fw)), **common)
+        else:
+            from ..adapters.diffusers import apply_upsample_guidance, remove_upsample_guidance
+
+            latents = model.initial_latents(n, size, seed)
+            common = dict(labels=labels, steps=steps, cfg=cfg)
+            naive = model.generate(size=size, latents=latents, **common)
+            apply_upsample_guidance(model.pipe, factors=(fh, fw), scale=scale, eta=eta)
+            try:
+                ug = model.generate(size=size, latents=latents, **common)
+            finally:
+                remove_upsample_guidance(model.pipe)
+            k = fh * fw
+            small_latents = F.avg_pool2d(latents, (fh, fw)) * math.sqrt(k)
+            small = model.generate(size=(th, tw), latents=small_latents, **common)
+        bicubic = F.interpolate(small, size=size, mode="bicubic", align_corners=False)
+        return {"naive": naive, "ug": ug, "bicubic": bicubic.clamp(-1, 1)}
+
+
+#: The shipped models, by name.
+SHIPPED: dict[str, ShippedModel] = {
+    m.name: m
+    for m in (
+        ShippedModel(
+            "shapes",
+            _ASSETS / "shapes32",
+            "unet",
+            "flat",
+            2.0,
+            30,
+            "pixel UNet2DModel (DDPM), flat shapes, trained at 32x32",
+        ),
+        ShippedModel(
+            "textured",
+            _ASSETS / "textured32",
+            "unet",
+            "textured",
+            2.0,
+            30,
+            "pixel UNet2DModel (DDPM), textured scenes, trained at 32x32",
+        ),
+        ShippedModel(
+            "latent-flow",
+            _ASSETS / "latent_flow",
+            "latent-flow",
+            "textured",
+            2.0,
+            20,
+            "AutoencoderKL f=4 + SD3Transformer2DModel (flow matching), textured "
+            "scenes, trained at 32x32 (8x8 latents)",
+        ),
+    )  # fmt: skip
+}
+
+
+def shipped_names() -> tuple[str, ...]:
+    """The names ``--model`` accepts for shipped models."""
+    return tuple(SHIPPED)
+
+
+def shipped_model(name: str) -> ShippedModel:
+    """The shipped model called ``name``; ValueError naming the allowed names otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if name not in SHIPPED:
+        raise ValueError(f"no shipped model {name!r}; shipped models: {', '.join(SHIPPED)}")
+    return SHIPPED[name]
