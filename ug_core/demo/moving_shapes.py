@@ -199,6 +199,6 @@ def sample(
     labels: Sequence[int] | np.ndarray | None = None,
     **render_kwargs: float,
 ) -> tuple[torch.Tensor, ClipParams]:
-    """``n`` random clips (n, 3, frames, H, W) and their parameters (a seed gives the same clips)."""
+    """``n`` random clips (n, 3, frames, H, W) and their parameters (same seed, same clips)."""
     clips = sample_clips(n, seed, labels)
     return render_clips(clips, frames, size, **render_kwargs), clips
