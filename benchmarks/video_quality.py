@@ -272,7 +272,8 @@ def _targets(results: dict) -> list[str]:
         lines.append(
             f"- Temporal ×2: {name} against naive: identity consistent "
             f"{_fmt(ug['identity'], 'pct')} vs {_fmt(nv['identity'], 'pct')}, motion residual "
-            f"{ug['residual']:.2f} vs {nv['residual']:.2f} % of the side (target: UG better on both): {met}."
+            f"{ug['residual']:.2f} vs {nv['residual']:.2f} % of the side (target: UG better on "
+            f"both): {met}."
         )
         truth = cases["temporal"]["truth_speed"]
         lines.append(
