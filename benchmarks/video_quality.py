@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
+RESULTS = ROOT / "results"  # --results changes these three
 JSON = RESULTS / "video_quality.json"
 REPORT = ROOT / "RESULTS.md"
 START, END = "<!-- video-quality:start -->", "<!-- video-quality:end -->"
@@ -161,7 +161,7 @@ def run_case(model, case: str, args) -> dict:
     rows[base_name] = measure(base, labels, ref_feats, sec)
     log(f"{base_name}: {rows[base_name]}")
     rows["(trained size itself, vs truth at 8×32×32)"] = measure(low, labels, low_feats)
-    _save_examples(case, samples, truth[: args.examples], base_name)
+    _save_examples(case, samples, truth[: args.examples])
     return {
         "factors": list(factors),
         "frames": frames,
@@ -181,13 +181,16 @@ def _tile(clip: torch.Tensor, zoom: int):
     return x.repeat(zoom, axis=1).repeat(zoom, axis=2)
 
 
-def _save_examples(case: str, samples: dict, truth: torch.Tensor, base_name: str) -> None:
+def _save_examples(case: str, samples: dict, truth: torch.Tensor) -> None:
     """``video_strip_{case}.png`` (frame strips) and ``video_{case}.gif`` (methods side by side)."""
     from PIL import Image, ImageDraw
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    names = {"naive": "naive", "UG": "UG", "baseline": base_name, "truth": "ground truth"}
-    short = {"naive": "naive", "UG": "UG", "baseline": "baseline", "truth": "truth"}
+    from ug_core.demo.video import baseline_name
+
+    base = baseline_name(CASES[case]).replace("-", "+")
+    names = {"naive": "naive", "UG": "UG", "baseline": base, "truth": "a ground truth"}
+    short = {"naive": "naive", "UG": "UG", "baseline": base, "truth": "truth"}
     columns = dict(samples, truth=truth)
     n = min(len(truth), *(len(v) for v in columns.values()))
     size = truth.shape[-1]
@@ -332,7 +335,7 @@ def write_report(results: dict | None = None) -> str:
         out += [
             "",
             f"Ground truth's mean speed: {res['truth_speed']:.3f} image sides per clip. "
-            f"Examples (seeds 0–{a['examples'] - 1}; naive | UG | baseline | ground truth): "
+            f"Examples (seeds 0–{a['examples'] - 1}; naive | UG | baseline | a ground-truth clip): "
             f"![{case}](results/video_{case}.gif) and the frame strips "
             f"[video_strip_{case}.png](results/video_strip_{case}.png).",
             "",
@@ -388,8 +391,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="a video model folder (default: embedded)")
     p.add_argument("--cache", type=Path, default=None, help="keep the samples here (resumable)")
     p.add_argument("--report", action="store_true", help="only rewrite RESULTS.md from the JSON")
+    p.add_argument(
+        "--results", type=Path, default=None,
+        help="write the JSON, images and a RESULTS.md here instead (e.g. for a smoke run)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    global RESULTS, JSON, REPORT
+    if args.results is not None:
+        RESULTS, JSON, REPORT = (
+            args.results, args.results / "video_quality.json", args.results / "RESULTS.md"
+        )  # fmt: skip
     if args.report:
         write_report()
         return 0
@@ -407,16 +419,19 @@ def main(argv: list[str] | None = None) -> int:
         results["cases"] = {c: results["cases"][c] for c in CASES if c in results["cases"]}
     results["seconds"] = sum(res.get("seconds", 0.0) for res in results["cases"].values())
     results["args"] = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "report"
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("report", "results", "cache")
     }
     results["machine"] = (
         f"{platform.machine()} CPU, {args.threads} thread(s)" if args.device == "cpu"
         else args.device
     )  # fmt: skip
     words = list(argv if argv is not None else sys.argv[1:])
-    if "--cache" in words:  # where the samples were kept changes nothing
-        i = words.index("--cache")
-        del words[i : i + 2]
+    for flag in ("--cache", "--results"):  # where files go changes nothing
+        if flag in words:
+            i = words.index(flag)
+            del words[i : i + 2]
     results["command"] = " ".join(["python benchmarks/video_quality.py", *words])
     RESULTS.mkdir(parents=True, exist_ok=True)
     JSON.write_text(json.dumps(results, indent=2) + "\n")

@@ -288,3 +288,31 @@ def test_training_runs_saves_loads_and_resumes_exactly(tmp_path):
     m = video.load(a)
     x = m.sample([0], video.initial_noise(1, 8, 32, 0), steps=1)
     assert x.shape == (1, 3, 8, 32, 32)
+
+
+def test_video_benchmark_smoke(tmp_path):
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import video_quality
+    finally:
+        sys.path.remove(str(bench))
+    argv = ["--n", "1", "--n-ref", "2", "--steps", "1", "--examples", "1", "--quiet"]
+    video_quality.main([*argv, "--cases", "temporal", "--results", str(tmp_path)])
+    results = json.loads((tmp_path / "video_quality.json").read_text())
+    rows = results["cases"]["temporal"]["rows"]
+    assert set(rows) == {
+        "ground truth (independent set)",
+        "naive",
+        "UG (2, 1, 1) θ=1",
+        "trained size + frame interpolation",
+        "(trained size itself, vs truth at 8×32×32)",
+    }
+    assert rows["ground truth (independent set)"]["one_object"] == 1.0
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "## Video proving ground" in report and "### Targets (video)" in report
+    assert (tmp_path / "video_temporal.gif").is_file()
+    assert (tmp_path / "video_strip_temporal.png").is_file()
