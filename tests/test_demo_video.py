@@ -1,4 +1,4 @@
-"""The video proving ground: moving-shapes data, its metrics, the embedded video model, its tools."""
+"""The video proving ground: moving-shapes data, metrics, the embedded video model, its tools."""
 
 from __future__ import annotations
 
