@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ug_core.cli import main, parse_factors, parse_size
+from ug_core.cli import _SHIPPED, main, parse_factors, parse_size, parse_video_factors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diffusers_models import (  # noqa: E402
@@ -233,6 +233,13 @@ ERRORS = [
     (["--pipeline", "{root}/sd_no_text", "--prompt", "x"], 2, "has no text_encoder"),
     (["--pipeline", "{root}/sd", "--prompt", "x", "--size", "40"], 2, "needs multiples of 8"),
     (["--model", "{root}/unet", "--pipeline", "{root}/sd"], 2, "not allowed with"),
+    (["--model", "shapes", "--factor", "2x1x1"], 2, "apply to --model video only"),
+    (["--model", "video", "--size", "64"], 2, "--size does not apply to --model video"),
+    (["--model", "video", "--factor", "1x1x1"], 2, "does not upsample"),
+    (["--model", "video", "--class", "hexagon"], 2, "not a class"),
+    (["--model", "latent-flow", "--size", "40"], 2, "--size 40x40"),
+    (["--model", "latent-flow", "--prompt", "x"], 2, "takes --class"),
+    (["--model", "texturd"], 2, "not a shipped model (shapes, textured, latent-flow, video)"),
     (["--out", "{root}/a_file"], 2, "not a folder"),
     (["--out", "{root}/a_file/sub"], 2, "a_file' is a file, not a folder"),
     (["--out", "/proc/ug-out"], 2, "--out '/proc/ug-out' is not writable"),
@@ -327,3 +334,69 @@ def test_comfyui_install(tmp_path, capsys):
     assert main(["comfyui-install", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "is not a directory" in err and err.count("\n") == 2  # usage line + one message
+
+
+def test_parse_video_factors():
+    assert parse_video_factors("2x1x1") == (2, 1, 1) == parse_video_factors("2,1,1")
+    assert parse_video_factors("1x2x3") == (1, 2, 3)
+    for bad in ("2", "2x2", "1x1x1", "0x2x2", "2x2x2x2", "ax1x1"):
+        with pytest.raises(ValueError, match=r"--factor .*FxHxW"):
+            parse_video_factors(bad)
+
+
+def test_shipped_names_match_the_registry():
+    from ug_core.demo.registry import SHIPPED, shipped_names
+
+    assert tuple(_SHIPPED) == shipped_names()
+    assert _SHIPPED == {name: entry.kind for name, entry in SHIPPED.items()}
+
+
+@pytest.mark.parametrize("name", ["shapes", "textured"])
+def test_shipped_unet_models(name, tmp_path, capsys):
+    out = tmp_path / name
+    rc, stdout, err = _run(["sample", *FAST, "--model", name, "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert f"shipped {name} model" in stdout
+    for method in ("naive", "ug", "bicubic"):
+        assert Image.open(out / f"{method}-seed0.png").size == (64, 64)
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert set(metrics) == {"naive", "UG", "bicubic", "ground truth"}
+
+
+def test_shipped_model_name_wins_over_a_folder_of_that_name(tmp_path, capsys, monkeypatch):
+    (tmp_path / "textured").mkdir()  # an empty folder: loading it would fail
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = _run(["sample", *FAST, "--model", "textured", "--out", "o"], capsys)
+    assert rc == 0, err
+
+
+def test_shipped_latent_flow(tmp_path, capsys):
+    out = tmp_path / "lf"
+    argv = ["sample", *FAST, "--model", "latent-flow", "--class", "square", "--out", str(out)]
+    rc, stdout, err = _run(argv, capsys)
+    assert rc == 0, err
+    assert "flow-matching Euler steps" in stdout
+    for method in ("naive", "ug", "bicubic"):
+        assert Image.open(out / f"{method}-seed0.png").size == (64, 64)
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["classes"] == ["square"] and result["size"] == [64, 64]
+
+
+@pytest.mark.parametrize(
+    ("factor", "baseline", "strip"),
+    [(None, "interp", (16 * 32, 32)), ("2", "bicubic", (8 * 64, 64))],
+)
+def test_shipped_video(factor, baseline, strip, tmp_path, capsys):
+    out = tmp_path / "video"
+    argv = ["sample", *FAST, "--model", "video", "--out", str(out)]
+    argv += [] if factor is None else ["--factor", factor]
+    rc, stdout, err = _run(argv, capsys)
+    assert rc == 0, err
+    for method in ("naive", "ug", baseline):
+        assert Image.open(out / f"{method}-seed0.png").size == strip  # frames left to right
+        gif = Image.open(out / f"{method}-seed0.gif")
+        assert gif.n_frames == strip[0] // strip[1]
+    result = json.loads((out / "metrics.json").read_text())
+    assert set(result["metrics"]) == {"naive", "ug", baseline}
+    assert result["baseline"] == baseline
+    assert f"naive, ug, {baseline}" in stdout

@@ -7,6 +7,8 @@ name           folder (``ug_core/assets/``)     what it is
 ``textured``   ``textured32``                   the same UNet trained on textured scenes
 ``latent-flow`` ``latent_flow``                 AutoencoderKL (f = 4) + SD3Transformer2DModel,
                                                 flow matching, textured scenes, 32×32
+``video``      ``video32``                      UNetMotionModel (AnimateDiff structure), moving
+                                                flat shapes, 8 frames of 32×32, DDIM
 ============== ================================ ===========================================
 
 ::
@@ -49,7 +51,7 @@ class ShippedModel:
     folder: Path
     """Its folder under ``ug_core/assets``."""
     kind: str
-    """``"unet"`` (a :class:`~ug_core.demo.model.DemoModel`) or ``"latent-flow"``."""
+    """``"unet"`` (a :class:`~ug_core.demo.model.DemoModel`), ``"latent-flow"`` or ``"video"``."""
     data: str
     """Training data: ``"flat"`` shapes or ``"textured"`` scenes."""
     default_cfg: float
@@ -70,11 +72,15 @@ class ShippedModel:
         return textured.SEGMENT_THRESHOLD if self.data == "textured" else shapes.MIN_CONTRAST / 2
 
     def load(self, device: str | torch.device = "cpu") -> Any:
-        """The model: a ``DemoModel`` (UNets) or a ``LatentFlow`` (pipeline + class tokens)."""
+        """The model: a ``DemoModel`` (UNets), a ``LatentFlow`` or a ``VideoModel``."""
         if self.kind == "unet":
             from .model import load
 
             return load(self.folder, device)
+        if self.kind == "video":
+            from .video import load as load_video
+
+            return load_video(self.folder, device)
         from .latent import load_pipeline
 
         return load_pipeline(self.folder, device)
@@ -114,6 +120,11 @@ class ShippedModel:
         ok = ok and all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in factors)
         if not ok or tuple(factors) == (1, 1):
             raise ValueError(f"factors must be two integers >= 1, not both 1; got {factors!r}")
+        if self.kind == "video":
+            raise ValueError(
+                f"sample_methods is for image models; {self.name!r} is a video model: use "
+                "ug_core.demo.video.sample_methods"
+            )
         fh, fw = factors
         steps = self.default_steps if steps is None else steps
         cfg = self.default_cfg if cfg is None else cfg
@@ -180,6 +191,16 @@ SHIPPED: dict[str, ShippedModel] = {
             20,
             "AutoencoderKL f=4 + SD3Transformer2DModel (flow matching), textured "
             "scenes, trained at 32x32 (8x8 latents)",
+        ),
+        ShippedModel(
+            "video",
+            _ASSETS / "video32",
+            "video",
+            "flat",
+            2.0,
+            20,
+            "UNetMotionModel (AnimateDiff structure, DDIM), moving flat shapes, trained at 8 "
+            "frames of 32x32",
         ),
     )  # fmt: skip
 }

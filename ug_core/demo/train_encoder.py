@@ -104,8 +104,12 @@ def train_encoder(
     threads: int = 1,
     log_every: int = 50,
     device: str = "cpu",
+    init: str | Path | None = None,
 ) -> dict:
     """Train the encoder and save it into ``out``; returns a summary.
+
+    ``init``: an encoder folder (``model.safetensors``) to start from instead of random weights,
+    to continue a run in stages (the data, the batches and the schedule restart from ``seed``).
 
     ``cache``: a file to keep the rendered pools in (rendered and saved if absent, loaded if it
     exists), so that a restarted run skips the rendering.
@@ -128,6 +132,10 @@ def train_encoder(
     print(f"rendered {sum(pools.values())} scenes in {time.time() - start:.1f} s", flush=True)
     torch.manual_seed(seed)
     model = DomainEncoder().to(device)
+    if init is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(Path(init) / "model.safetensors")))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"DomainEncoder: {n_params / 1e6:.3f} M parameters", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -145,6 +153,7 @@ def train_encoder(
             step=step, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
             pools={str(k): v for k, v in pools.items()}, two_objects=two_objects,
             threads=threads, device=device, parameters=n_params,
+            init=None if init is None else str(init),
             seconds=round(time.time() - start, 1),
             loss={k: float(np.mean([h[k] for h in history[-log_every:]])) for k in history[0]}
             if history else None,
@@ -197,11 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--init", default=None, help="an encoder folder to continue from")
     a = p.parse_args(argv)
     pools = {s: max(2, int(n * a.pool_scale)) for s, n in RESOLUTIONS.items()}
     train_encoder(
         a.out, a.steps, a.batch_size, a.lr, a.seed, pools, a.two_objects, a.held_out, a.cache,
         save_every=a.save_every, threads=a.threads, log_every=a.log_every, device=a.device,
+        init=a.init,
     )  # fmt: skip
     return 0
 

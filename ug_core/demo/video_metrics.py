@@ -41,7 +41,7 @@ from scipy import ndimage
 
 from .metrics import _background, _components, segment
 from .moving_shapes import SPEED_RANGE
-from .shapes import _AREA_FACTOR, CLASSES, ShapeParams, _inside
+from .shapes import _AREA_FACTOR, CLASSES, MIN_CONTRAST, ShapeParams, _inside
 
 __all__ = [
     "BOUNCE_GRID",
@@ -169,7 +169,7 @@ def frame_objects(clips: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
             colour[i, j] = np.median(img[:, core], axis=1)
             # Coverage: the pixel's position between background and object colour, near the
             # object only (anti-aliased and motion-blurred edges count fractionally).
-            bg = _background(img, ring)
+            bg = _background(img, ring, MIN_CONTRAST / 2)
             d = colour[i, j][:, None, None] - bg
             alpha = ((img - bg) * d).sum(0) / np.maximum((d * d).sum(0), 1e-6)
             near = ndimage.binary_dilation(obj, structure=_EIGHT, iterations=grow)
