@@ -372,6 +372,10 @@ def write_report() -> None:
     for path in sorted(RESULTS.glob("cost*.txt")):  # summaries kept without their JSON
         lines += ["## " + path.stem, "", "```text", path.read_text().rstrip(), "```", ""]
     (ROOT / "RESULTS.md").write_text("\n".join(lines).rstrip() + "\n")
+    if (RESULTS / "video_quality.json").is_file():  # the video section, appended by its script
+        import video_quality
+
+        video_quality.write_report()
 
 
 def main(argv: list[str] | None = None) -> int:

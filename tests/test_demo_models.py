@@ -14,7 +14,7 @@ MAX_BYTES = 10 * 2**20  # 10 MB per weights file
 
 
 def test_registry_names_and_errors():
-    assert shipped_names() == ("shapes", "textured", "latent-flow")
+    assert shipped_names() == ("shapes", "textured", "latent-flow", "video")
     assert shipped_model("textured") is SHIPPED["textured"]
     with pytest.raises(ValueError, match=r"no shipped model 'nope'; shipped models: shapes, "):
         shipped_model("nope")
@@ -22,9 +22,11 @@ def test_registry_names_and_errors():
         shipped_model(3)
     with pytest.raises(ValueError, match=r"factors must be two integers >= 1.*\(1, 1\)"):
         shipped_model("shapes").sample_methods(factors=(1, 1))
+    with pytest.raises(ValueError, match=r"'video' is a video model: use .*video.sample_methods"):
+        shipped_model("video").sample_methods()
 
 
-@pytest.mark.parametrize("name", ["shapes", "textured", "latent-flow"])
+@pytest.mark.parametrize("name", ["shapes", "textured", "latent-flow", "video"])
 def test_shipped_files(name):
     entry = shipped_model(name)
     weights = sorted(entry.folder.rglob("*.safetensors"))
@@ -35,6 +37,15 @@ def test_shipped_files(name):
     meta = json.loads((entry.folder / "classes.json").read_text())
     assert meta["classes"][: len(shapes.CLASSES)] == list(shapes.CLASSES)
     assert meta["null_class"] == len(shapes.CLASSES)
+
+
+def test_video_entry_loads_the_video_model():
+    from ug_core.demo.video import VideoModel
+
+    model = shipped_model("video").load()
+    assert isinstance(model, VideoModel)
+    assert (model.trained_frames, model.trained_size) == (8, 32)
+    assert type(model.pipe).__name__ == "AnimateDiffPipeline"
 
 
 def test_ground_truth_and_thresholds():
