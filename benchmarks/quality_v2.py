@@ -417,7 +417,79 @@ def report_lines() -> list[str]:
         grids = sorted(OUT.glob(f"{d['model']}_{f}x_{d['steps']}steps_*.png"))
         links = [f"[{g.stem.split('_')[-1]}](results/quality_v2/{g.name})" for g in grids]
         lines += ["", "Samples: " + ", ".join(links), ""]
-    return lines
+    return lines + target_lines(cells)
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _cell(cells: list[dict], model: str, factor: int, steps: int = 20) -> dict | None:
+    return next(
+        (d for d in cells if (d["model"], d["factor"], d["steps"]) == (model, factor, steps)), None
+    )
+
+
+def target_lines(cells: list[dict]) -> list[str]:
+    """The issue's targets, computed from the measured cells (met or not)."""
+    lines = ["### Targets (quality, version 2)", ""]
+    tex = _cell(cells, "textured", 2)
+    if tex is not None:
+        r = tex["rows"]
+        ug, bic, lan = r["UG θ=1 η=1"], r["trained size + bicubic"], r["trained size + Lanczos"]
+        ok = ug["domain_frechet"] < min(bic["domain_frechet"], lan["domain_frechet"])
+        ok1 = ug["one_object"] >= 0.9
+        lines.append(
+            f"- Textured, 2×: UG (θ = 1, η = 1) domain Fréchet {ug['domain_frechet']:.2f} against "
+            f"bicubic {bic['domain_frechet']:.2f} and Lanczos {lan['domain_frechet']:.2f} "
+            f"(target: lower): {'**met**' if ok else '**not met**'}; one object "
+            f"{_pct(ug['one_object'])} (target ≥ 90%): {'**met**' if ok1 else '**not met**'} "
+            f"(naive {_pct(r['naive']['one_object'])}, n = {ug['n']})."
+        )
+    lat = _cell(cells, "latent-flow", 2)
+    if lat is not None:
+        r = lat["rows"]
+        ug, nv = r["UG θ=1 η=1"], r["naive"]
+        etas = {k: v for k, v in r.items() if k.startswith("UG θ=1 η=")}
+        best_ug = max(etas.values(), key=lambda v: v["one_object"])
+        ok = best_ug["one_object"] >= 0.9 and nv["one_object"] <= best_ug["one_object"] - 0.1
+        lines.append(
+            "- Latent flow transformer, 2×: one object with UG (θ = 1) "
+            + ", ".join(f"η = {k.split('η=')[1]}: {_pct(v['one_object'])}" for k, v in etas.items())
+            + f"; naive {_pct(nv['one_object'])} (target: UG ≥ 90% where naive clearly fewer, "
+            f"here at least 10 points): {'**met**' if ok else '**not met**'}."
+        )
+        by_domain = min(etas.items(), key=lambda kv: kv[1]["domain_frechet"])
+        by_one = max(etas.items(), key=lambda kv: kv[1]["one_object"])
+        lines.append(
+            f"- η sweep on the latent transformer (the paper: η ≈ 0.6 best for latent models): "
+            f"lowest domain Fréchet at η = {by_domain[0].split('η=')[1]} "
+            f"({by_domain[1]['domain_frechet']:.2f}), most single objects at "
+            f"η = {by_one[0].split('η=')[1]} ({_pct(by_one[1]['one_object'])}); "
+            + ", ".join(
+                f"η = {k.split('η=')[1]}: {v['domain_frechet']:.2f}" for k, v in etas.items()
+            )
+            + ". Best η by domain Fréchet: "
+            + f"**{by_domain[0].split('η=')[1]}**"
+            + (" (confirms the paper)." if by_domain[0].endswith("η=0.6") else " (not 0.6 here).")
+        )
+    for d in cells:
+        r = d["rows"]
+        pairs = [
+            (s, r.get(f"HiRes.fix s={s:g}"), r.get(f"HiRes.fix s={s:g} + UG θ=1 η=1"))
+            for s in STRENGTHS
+        ]
+        pairs = [(s, a, b) for s, a, b in pairs if a is not None and b is not None]
+        if not pairs:
+            continue
+        text = "; ".join(
+            f"s = {s:g}: {_pct(a['one_object'])} → {_pct(b['one_object'])}" for s, a, b in pairs
+        )
+        lines.append(
+            f"- HiRes.fix without → with UG in its high-resolution pass, one object, "
+            f"{d['model']} {d['factor']}× {d['steps']} steps: {text}."
+        )
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
