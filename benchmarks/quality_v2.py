@@ -16,7 +16,8 @@ the trained-size samples start from ``√k·D[x_T]`` of the same ``x_T``. Method
 - ``main``: naive; UG (θ = 1, η = 1); trained size + bicubic, + Lanczos; HiRes.fix (the bicubic
   image, noised to strength s and denoised at the high resolution: SDEdit) at s = 0.3, 0.5, 0.7;
   HiRes.fix with UG (θ = 1, η = 1) in its high-resolution pass at the same strengths;
-- ``basic``: the first four of ``main`` (naive, UG, bicubic, Lanczos), for the costlier cells;
+- ``basic``: the first four of ``main`` (naive, UG, bicubic, Lanczos); ``hires``: the rest of
+  ``main`` (HiRes.fix with and without UG), so that ``basic`` + ``hires`` is ``main``;
 - ``theta``: UG θ ∈ {0.5, 1.3, 1.6} at η = 1;  ``eta``: UG θ = 1 at η ∈ {0.2, 0.4, 0.6, 0.8};
 - ``ug-best``: UG at ``--theta`` / ``--eta`` (e.g. the best of the sweeps), and HiRes.fix + UG
   at that setting.
@@ -185,6 +186,10 @@ def method_plan(groups: list[str], theta: float, eta: float) -> list[tuple[str, 
         plan += [("naive", dict(kind="high")), ("UG θ=1 η=1", dict(kind="high", theta=1.0))]
         plan += [("trained size + bicubic", dict(kind="bicubic")),
                  ("trained size + Lanczos", dict(kind="lanczos"))]  # fmt: skip
+    if "hires" in groups:
+        plan += [(f"HiRes.fix s={s:g}", dict(kind="hires", s=s)) for s in STRENGTHS]
+        plan += [(f"HiRes.fix s={s:g} + UG θ=1 η=1", dict(kind="hires", s=s, theta=1.0))
+                 for s in STRENGTHS]  # fmt: skip
     if "theta" in groups:
         plan += [(f"UG θ={t:g} η=1", dict(kind="high", theta=t)) for t in THETAS]
     if "eta" in groups:
@@ -500,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=64, help="samples per method")
     p.add_argument("--n-ref", type=int, default=512, help="ground-truth reference images")
     p.add_argument("--methods", nargs="+", default=["main"],
-                   choices=["main", "basic", "theta", "eta", "ug-best"])  # fmt: skip
+                   choices=["main", "basic", "hires", "theta", "eta", "ug-best"])  # fmt: skip
     p.add_argument("--theta", type=float, default=1.0, help="UG θ of the ug-best group")
     p.add_argument("--eta", type=float, default=1.0, help="UG η of the ug-best group")
     p.add_argument("--cfg", type=float, default=None,
