@@ -237,8 +237,14 @@ ERRORS = [
     (["--model", "video", "--size", "64"], 2, "--size does not apply to --model video"),
     (["--model", "video", "--factor", "1x1x1"], 2, "does not upsample"),
     (["--model", "video", "--class", "hexagon"], 2, "not a class"),
-    (["--model", "latent-flow", "--size", "40"], 2, "--size 40x40"),
+    (["--model", "latent-flow", "--size", "36"], 2, "--size 36x36"),
     (["--model", "latent-flow", "--prompt", "x"], 2, "takes --class"),
+    (["--model", "video", "--factor", "5x1x1"], 2, "motion modules take at most 32"),
+    (["--model", "video", "--steps", "5000"], 2, "exceeds the model's 1000"),
+    (["--model", "video", "--cfg", "0.5"], 2, "takes 1 (no CFG) or more"),
+    (["--model", "latent-flow", "--cfg", "0.5"], 2, "takes 1 (no CFG) or more"),
+    (["--model", "latent-flow", "--factor", "5"], 2, "exceeds the latent-flow model's largest"),
+    (["--class", "²"], 2, "not a class"),
     (["--model", "texturd"], 2, "not a shipped model (shapes, textured, latent-flow, video)"),
     (["--out", "{root}/a_file"], 2, "not a folder"),
     (["--out", "{root}/a_file/sub"], 2, "a_file' is a file, not a folder"),
@@ -400,3 +406,13 @@ def test_shipped_video(factor, baseline, strip, tmp_path, capsys):
     assert set(result["metrics"]) == {"naive", "ug", baseline}
     assert result["baseline"] == baseline
     assert f"naive, ug, {baseline}" in stdout
+
+
+def test_shipped_video_null_class(tmp_path, capsys):
+    out = tmp_path / "none"
+    argv = ["sample", *FAST, "--model", "video", "--class", "none", "--out", str(out)]
+    rc, _, err = _run(argv, capsys)
+    assert rc == 0, err
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["classes"] == ["none (null class)"]
+    assert "class_match" not in result["metrics"]["naive"]  # no class was requested

@@ -222,8 +222,10 @@ def test_shipped_files_and_pipeline(model):
     assert model.class_tokens.shape == (5, video.TOKENS, video.TOKEN_DIM)
     log = json.loads((video.ASSET_DIR / "training_log.json").read_text())
     assert log["step"] >= 100
-    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 3\]"):
-        model.embeds([4])
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 4\]"):
+        model.embeds([5])
+    cond, null = model.embeds([4])  # the null class: unconditional
+    assert torch.equal(cond, null)
 
 
 @pytest.mark.parametrize("factors", [(2, 1, 1), (1, 2, 2), (2, 2, 2)])

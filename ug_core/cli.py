@@ -406,7 +406,7 @@ def _labels_for(model: Any, args: argparse.Namespace, n: int) -> Any:
     key = args.class_name.lower()
     if key in names:
         idx = names.index(key)
-    elif key.isdigit() and int(key) < n_labels:
+    elif key.isdecimal() and int(key) < n_labels:
         idx = int(key)
     else:
         choices = [
@@ -816,6 +816,26 @@ def _unet_job(args: argparse.Namespace) -> _Job:
     return _Job(args.n, header, sample, write)
 
 
+def _pipeline_cfg(cfg: float | None, default: float) -> float:
+    """--cfg for a diffusers pipeline, which applies CFG only above 1: 1 (off) or more."""
+    if cfg is None:
+        return default
+    if cfg < 1:
+        raise UsageError(f"--cfg {cfg:g}: this model's pipeline takes 1 (no CFG) or more")
+    return cfg
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _latent_flow_job(args: argparse.Namespace) -> _Job:
     """``--model latent-flow``: the shipped StableDiffusion3Pipeline, guided by the adapter."""
     import torch
@@ -831,11 +851,18 @@ def _latent_flow_job(args: argparse.Namespace) -> _Job:
     trained = model.sample_size
     fh, fw = args.factor
     size = args.size or (trained[0] * fh, trained[1] * fw)
-    unit = model.pipe.vae_scale_factor * model.pipe.transformer.config.patch_size
+    config = model.pipe.transformer.config
+    unit = model.pipe.vae_scale_factor * config.patch_size
     _check_size(size, args.factor, unit)
+    largest = config.pos_embed_max_size * unit
+    if max(size) > largest:
+        raise UsageError(
+            f"size {size[0]}x{size[1]} exceeds the latent-flow model's largest, {largest}x{largest}"
+            f" (its positional-embedding grid): use a smaller --factor or --size"
+        )
     low = (size[0] // fh, size[1] // fw)
     steps = args.steps or entry.default_steps
-    cfg = args.cfg if args.cfg is not None else entry.default_cfg
+    cfg = _pipeline_cfg(args.cfg, entry.default_cfg)
     labels = _labels_for(model, args, args.n)
     header = (
         f"shipped latent-flow model ({entry.folder.name}): trained {trained[0]}x{trained[1]}, "
@@ -882,7 +909,7 @@ def _latent_flow_job(args: argparse.Namespace) -> _Job:
             "metrics": rows,
         }  # fmt: skip
         _print_shape_metrics(rows, size)
-        (folder / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        (folder / "metrics.json").write_text(json.dumps(_finite(result), indent=2) + "\n")
 
     return _Job(args.n, header, sample, write)
 
@@ -907,8 +934,17 @@ def _video_job(args: argparse.Namespace) -> _Job:
     model = entry.load(args.device)
     ff, fh, fw = factors
     frames, h, w = model.trained_frames * ff, model.trained_size * fh, model.trained_size * fw
+    longest = model.pipe.unet.config.motion_max_seq_length
+    if frames > longest:
+        raise UsageError(
+            f"--factor {ff}x{fh}x{fw} asks for {frames} frames; the video model's motion modules "
+            f"take at most {longest} (a frame factor of at most {longest // model.trained_frames})"
+        )
     steps = args.steps or entry.default_steps
-    cfg = args.cfg if args.cfg is not None else entry.default_cfg
+    train_steps = model.pipe.scheduler.config.num_train_timesteps
+    if steps > train_steps:
+        raise UsageError(f"--steps {steps} exceeds the model's {train_steps}")
+    cfg = _pipeline_cfg(args.cfg, entry.default_cfg)
     labels = _labels_for(model, args, args.n)
     base = video.baseline_name(factors)
     header = (
@@ -926,7 +962,7 @@ def _video_job(args: argparse.Namespace) -> _Job:
         model.pipe.set_progress_bar_config(disable=not progress)
         clips = video.sample_methods(
             model, factors, [args.seed + i for i in index], labels[index].tolist(), steps, cfg,
-            args.scale, args.eta, batch_size=args.batch_size,
+            args.scale, args.eta, batch_size=args.batch_size, progress=progress,
         )  # fmt: skip
         return {"naive": clips["naive"], "ug": clips["ug"], base: clips["baseline"]}
 
@@ -938,7 +974,8 @@ def _video_job(args: argparse.Namespace) -> _Job:
             for seed, clip in zip(seeds, batch, strict=True):
                 video.save_strip(clip, folder / f"{name}-seed{seed}.png")
                 video.save_gif(clip, folder / f"{name}-seed{seed}.gif")
-        rows = {name: video_metrics.summarize(batch, labels) for name, batch in clips.items()}
+        requested = None if (labels == model.null_class).any() else labels  # none: any class
+        rows = {name: video_metrics.summarize(batch, requested) for name, batch in clips.items()}
         result = {
             "model": "video", "trained": [model.trained_frames, model.trained_size,
             model.trained_size], "size": [frames, h, w], "factors": [ff, fh, fw],
@@ -962,7 +999,7 @@ def _video_job(args: argparse.Namespace) -> _Job:
             "centroid track against a constant-velocity or bouncing fit, % of the side; no "
             "jumps: fraction of clips without a jump; ug_core.demo.video_metrics)"
         )
-        (folder / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        (folder / "metrics.json").write_text(json.dumps(_finite(result), indent=2) + "\n")
 
     wrote = f"{args.n * 3} frame strips (PNG) and GIFs (naive, ug, {base}) and metrics.json"
     return _Job(args.n, header, sample, write, wrote)

@@ -158,13 +158,16 @@ class VideoModel:
         return self
 
     def embeds(self, labels: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(prompt_embeds, negative_prompt_embeds)`` for class ``labels``: (n, TOKENS, DIM)."""
+        """``(prompt_embeds, negative_prompt_embeds)`` for class ``labels``: (n, TOKENS, DIM).
+
+        A label is a class index, or ``null_class`` for unconditional samples.
+        """
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-        n_real = len(self.classes) - 1
-        if labels.numel() and (labels.min() < 0 or labels.max() >= n_real):
+        n_labels = len(self.class_tokens)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= n_labels):
             raise ValueError(
-                f"labels must be class indices in [0, {n_real - 1}] "
-                f"({', '.join(self.classes[:n_real])}), got {labels.tolist()}"
+                f"labels must be class indices in [0, {n_labels - 1}] "
+                f"({', '.join(self.classes)}), got {labels.tolist()}"
             )
         tokens = self.class_tokens
         null = tokens[self.null_class].expand(len(labels), -1, -1)
@@ -355,6 +358,7 @@ def sample_methods(
     eta: float = 1.0,
     methods: Sequence[str] = ("naive", "ug", "baseline"),
     batch_size: int = 8,
+    progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Clips of each method at ``factors`` × the trained size, from the same seeds.
 
@@ -363,6 +367,7 @@ def sample_methods(
     (:func:`low_res_noise`), frames linearly blended (:func:`interpolate_frames`) and upscaled
     bicubically (:func:`upscale_bicubic`) as the factors need. Every method starts from the
     per-seed noise of :func:`initial_noise`. Labels default to ``seed mod classes``.
+    ``progress`` shows the pipeline's progress bars.
     """
     ff, fh, fw = video_factors(factors)
     unknown = set(methods) - {"naive", "ug", "baseline"}
@@ -387,6 +392,7 @@ def sample_methods(
                     factors=(ff, fh, fw) if guided else None,
                     scale=scale,
                     eta=eta,
+                    progress=progress,
                 )  # fmt: skip
             )
         return torch.cat(parts)
