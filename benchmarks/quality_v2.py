@@ -454,30 +454,37 @@ def target_lines(cells: list[dict]) -> list[str]:
     lat = _cell(cells, "latent-flow", 2)
     if lat is not None:
         r = lat["rows"]
-        ug, nv = r["UG θ=1 η=1"], r["naive"]
+        nv = r["naive"]
         etas = {k: v for k, v in r.items() if k.startswith("UG θ=1 η=")}
-        best_ug = max(etas.values(), key=lambda v: v["one_object"])
-        ok = best_ug["one_object"] >= 0.9 and nv["one_object"] <= best_ug["one_object"] - 0.1
+        eta = {k: k.split("η=")[1] for k in etas}
+        meeting = [
+            eta[k]
+            for k, v in etas.items()
+            if v["one_object"] >= 0.9 and nv["one_object"] <= v["one_object"] - 0.1
+        ]
         lines.append(
             "- Latent flow transformer, 2×: one object with UG (θ = 1) "
-            + ", ".join(f"η = {k.split('η=')[1]}: {_pct(v['one_object'])}" for k, v in etas.items())
+            + ", ".join(f"η = {eta[k]}: {_pct(v['one_object'])}" for k, v in etas.items())
             + f"; naive {_pct(nv['one_object'])} (target: UG ≥ 90% where naive clearly fewer, "
-            f"here at least 10 points): {'**met**' if ok else '**not met**'}."
-        )
-        by_domain = min(etas.items(), key=lambda kv: kv[1]["domain_frechet"])
-        by_one = max(etas.items(), key=lambda kv: kv[1]["one_object"])
+            "here at least 10 points): "
+            + (f"**met** at η = {', '.join(meeting)}" if meeting else "**not met**")
+            + (f", not at η = {', '.join(eta[k] for k in etas if eta[k] not in meeting)}."
+               if meeting and len(meeting) < len(etas) else ".")
+        )  # fmt: skip
+        best_one = max(v["one_object"] for v in etas.values())
+        tied = [eta[k] for k, v in etas.items() if v["one_object"] == best_one]
+        by_domain = min(etas, key=lambda k: etas[k]["domain_frechet"])
+        n = min(v["n"] for v in etas.values())
         lines.append(
             f"- η sweep on the latent transformer (the paper: η ≈ 0.6 best for latent models): "
-            f"lowest domain Fréchet at η = {by_domain[0].split('η=')[1]} "
-            f"({by_domain[1]['domain_frechet']:.2f}), most single objects at "
-            f"η = {by_one[0].split('η=')[1]} ({_pct(by_one[1]['one_object'])}); "
-            + ", ".join(
-                f"η = {k.split('η=')[1]}: {v['domain_frechet']:.2f}" for k, v in etas.items()
-            )
-            + ". Best η by domain Fréchet: "
-            + f"**{by_domain[0].split('η=')[1]}**"
-            + (" (confirms the paper)." if by_domain[0].endswith("η=0.6") else " (not 0.6 here).")
-        )
+            f"most single objects at η = {', '.join(tied)} ({_pct(best_one)}); domain Fréchet "
+            + ", ".join(f"η = {eta[k]}: {v['domain_frechet']:.2f}" for k, v in etas.items())
+            + f", lowest at η = **{eta[by_domain]}**. "
+            + ("This agrees with the paper's η ≈ 0.6; " if eta[by_domain] == "0.6" else
+               "η = 0.6 is not singled out here: ")
+            + (f"with n = {n} one sample is {100 / n:.1f} points of one-object rate, so the "
+               "one-object differences across η are within a sample or two.")
+        )  # fmt: skip
     for d in cells:
         r = d["rows"]
         pairs = [
@@ -515,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--samples-dir", default=str(OUT / "samples"),
                    help="where the samples are kept between sampling and measuring")  # fmt: skip
-    p.add_argument("--stage", choices=["sample", "measure", "all"], default="all",
-                   help="sample this cell, measure every cell sampled so far, or both")  # fmt: skip
+    p.add_argument("--stage", choices=["sample", "measure", "all", "report"], default="all",
+                   help="sample this cell, measure every cell sampled so far, or both; report: "
+                        "only rewrite RESULTS.md from the measured JSON")  # fmt: skip
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
