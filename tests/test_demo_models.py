@@ -102,6 +102,10 @@ def test_latent_flow_samples_through_the_pipeline(latent_flow):
     assert big.shape == (1, 3, 64, 64) and torch.isfinite(big).all()
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\]"):
         latent_flow.generate([7], 32, steps=1)
+    with pytest.raises(ValueError, match=r"latents must have shape \(1, 4, 16, 16\) .* got"):
+        latent_flow.generate([1], 64, latents=latent_flow.initial_latents(1, 32, 0))
+    with pytest.raises(ValueError, match="size must be a multiple of the VAE factor 4, got 30x30"):
+        latent_flow.generate([1], 30)
 
 
 def test_latent_scaling_matches_training(latent_flow):

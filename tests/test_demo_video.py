@@ -184,6 +184,10 @@ def test_frame_interpolation_blends_linearly_in_time():
     torch.testing.assert_close(out.flatten(), expected, rtol=0, atol=1e-12)
     clip = torch.randn(2, 3, 5, 4, 4)
     assert torch.equal(video.interpolate_frames(clip, 1), clip)
+    with pytest.raises(TypeError, match="factor must be an int, got float 1.7"):
+        video.interpolate_frames(clip, 1.7)
+    with pytest.raises(ValueError, match="factor must be an integer >= 1, got 0"):
+        video.interpolate_frames(clip, 0)
     up = video.upscale_bicubic(clip.clamp(-1, 1), (8, 12))
     assert up.shape == (2, 3, 5, 8, 12)
 

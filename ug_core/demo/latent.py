@@ -204,8 +204,16 @@ class LatentFlow:
         pipe = self.pipe if pipe is None else pipe
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         h, w = (size, size) if isinstance(size, int) else tuple(size)
+        f, c = self.pipe.vae_scale_factor, self.pipe.transformer.config.in_channels
+        if h % f or w % f:
+            raise ValueError(f"size must be a multiple of the VAE factor {f}, got {h}x{w}")
         if latents is None:
             latents = self.initial_latents(len(labels), (h, w), seed)
+        if tuple(latents.shape) != (len(labels), c, h // f, w // f):
+            raise ValueError(
+                f"latents must have shape {(len(labels), c, h // f, w // f)} for {len(labels)} "
+                f"labels at size {h}x{w}, got {tuple(latents.shape)}"
+            )
         out = []
         for i in range(0, len(labels), batch_size):
             lab = labels[i : i + batch_size]

@@ -320,12 +320,17 @@ def interpolate_frames(clips: torch.Tensor, factor: int) -> torch.Tensor:
     """
     if clips.ndim != 5:
         raise ValueError(f"clips must have shape (n, C, frames, H, W), got {tuple(clips.shape)}")
+    if isinstance(factor, bool) or not isinstance(factor, int):
+        raise TypeError(f"factor must be an int, got {type(factor).__name__} {factor!r}")
+    if factor < 1:
+        raise ValueError(f"factor must be an integer >= 1, got {factor}")
     f = clips.shape[2]
-    g = f * int(factor)
+    g = f * factor
     pos = ((torch.arange(g, dtype=torch.float64) + 0.5) / g * f - 0.5).clamp(0, f - 1)
     lo = pos.floor().long()
     hi = (lo + 1).clamp(max=f - 1)
     wgt = (pos - lo).to(clips.dtype).view(1, 1, g, 1, 1)
+    lo, hi, wgt = lo.to(clips.device), hi.to(clips.device), wgt.to(clips.device)
     return clips[:, :, lo] * (1 - wgt) + clips[:, :, hi] * wgt
 
 
