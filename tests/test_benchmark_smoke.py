@@ -71,7 +71,7 @@ def test_quality_v2_smoke(tmp_path, monkeypatch):
     assert any(
         line.startswith("- Textured, 2×: UG (θ = 1, η = 1) domain Fréchet") for line in lines
     )
-    assert any("Best η by domain Fréchet" in line for line in lines)
+    assert any("domain Fréchet η = 1:" in line and "lowest at η = **" in line for line in lines)
     assert any(line.startswith("- HiRes.fix without → with UG") for line in lines)
 
 
