@@ -970,10 +970,7 @@ def _video_job(args: argparse.Namespace) -> _Job:
         """A frame strip (PNG) and an animated GIF per seed and method, and metrics.json."""
         folder.mkdir(parents=True, exist_ok=True)
         seeds = list(range(args.seed, args.seed + args.n))
-        for name, batch in clips.items():
-            for seed, clip in zip(seeds, batch, strict=True):
-                video.save_strip(clip, folder / f"{name}-seed{seed}.png")
-                video.save_gif(clip, folder / f"{name}-seed{seed}.gif")
+        video.save_clips(clips, seeds, folder)
         requested = None if (labels == model.null_class).any() else labels  # none: any class
         rows = {name: video_metrics.summarize(batch, requested) for name, batch in clips.items()}
         result = {

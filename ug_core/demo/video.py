@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ..operators import downsample, normalize_factors
+from .train import SCHEDULER_CONFIG as IMAGE_SCHEDULER_CONFIG
 
 __all__ = [
     "ASSET_DIR",
@@ -48,6 +49,7 @@ __all__ = [
     "load",
     "initial_noise",
     "low_res_noise",
+    "save_clips",
 ]
 
 #: The embedded model's folder.
@@ -81,16 +83,7 @@ MODEL_CONFIG: dict[str, Any] = dict(
 
 #: The DDIMScheduler's configuration (the training schedule is its DDPM schedule).
 SCHEDULER_CONFIG: dict[str, Any] = dict(
-    num_train_timesteps=1000,
-    beta_schedule="linear",
-    beta_start=1e-4,
-    beta_end=0.02,
-    prediction_type="epsilon",
-    clip_sample=True,
-    clip_sample_range=1.0,
-    set_alpha_to_one=True,
-    steps_offset=0,
-    timestep_spacing="trailing",
+    IMAGE_SCHEDULER_CONFIG, set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing"
 )
 
 
@@ -450,6 +443,22 @@ def save_gif(clip: torch.Tensor, path: str | Path, seconds: float = 2.0, zoom: i
     return Path(path)
 
 
+def save_clips(
+    clips: dict[str, torch.Tensor], seeds: Sequence[int], folder: str | Path
+) -> list[str]:
+    """``{method}-seed{N}.png`` (frame strip) and ``.gif`` for each method's clips (n, 3, F, H, W).
+
+    Clip ``i`` of each method belongs to ``seeds[i]``; returns the paths written.
+    """
+    folder = Path(folder)
+    files = []
+    for name, batch in clips.items():
+        for seed, clip in zip(seeds, batch, strict=True):
+            files.append(str(save_strip(clip, folder / f"{name}-seed{seed}.png")))
+            files.append(str(save_gif(clip, folder / f"{name}-seed{seed}.gif")))
+    return files
+
+
 def sample_cli(
     out: str | Path,
     seeds: Sequence[int] = (0, 1, 2, 3),
@@ -499,11 +508,7 @@ def sample_cli(
             model, (ff, fh, fw), seeds, labels, steps, cfg, scale, eta, methods=(method,)
         )[method]
         seconds[base if method == "baseline" else method] = time.perf_counter() - start
-    files = []
-    for name, batch in clips.items():
-        for seed, clip in zip(seeds, batch, strict=True):
-            files.append(str(save_strip(clip, out / f"{name}-seed{seed}.png")))
-            files.append(str(save_gif(clip, out / f"{name}-seed{seed}.gif")))
+    files = save_clips(clips, seeds, out)
     metrics = {
         name: video_metrics.summarize(batch, torch.as_tensor(labels))
         for name, batch in clips.items()
