@@ -236,6 +236,7 @@ ERRORS = [
     (["--model", "shapes", "--factor", "2x1x1"], 2, "apply to --model video only"),
     (["--model", "video", "--size", "64"], 2, "--size does not apply to --model video"),
     (["--model", "video", "--factor", "1x1x1"], 2, "does not upsample"),
+    (["--model", "video", "--factor", "2x2x2x2"], 2, "F or HxW (image models) or FxHxW"),
     (["--model", "video", "--class", "hexagon"], 2, "not a class"),
     (["--model", "latent-flow", "--size", "36"], 2, "--size 36x36"),
     (["--model", "latent-flow", "--prompt", "x"], 2, "takes --class"),

@@ -47,6 +47,9 @@ def test_features_any_size_and_errors(encoder):
         encoder.features(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="at least 2 images"):
         domain_frechet(x[:1], x, encoder)
+    # Features may be given as numpy or torch arrays: the same number either way (exact).
+    g = encoder.features(textured.render(textured.sample_scene_params(4, 5), 48))
+    assert domain_frechet(torch.from_numpy(f), torch.from_numpy(g)) == domain_frechet(f, g)
     with pytest.raises(ValueError, match="holds no config.json"):
         load_encoder("/nonexistent")
 

@@ -24,6 +24,17 @@ def test_registry_names_and_errors():
         shipped_model("shapes").sample_methods(factors=(1, 1))
     with pytest.raises(ValueError, match=r"'video' is a video model: use .*video.sample_methods"):
         shipped_model("video").sample_methods()
+    shapes_model = shipped_model("shapes")
+    with pytest.raises(TypeError, match="n must be an int .* got float"):
+        shapes_model.sample_methods(n=2.0)
+    with pytest.raises(ValueError, match=r"n must be >= 1 .* got 0"):
+        shapes_model.sample_methods(n=0)
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\) for n=2, got \(3,\)"):
+        shapes_model.sample_methods(n=2, labels=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.4 .* got \[0, 5\]"):
+        shapes_model.sample_methods(n=2, labels=[0, 5])
+    with pytest.raises(TypeError, match="labels must be integers, got dtype torch.float32"):
+        shapes_model.sample_methods(n=2, labels=torch.tensor([0.0, 1.0]))
 
 
 @pytest.mark.parametrize("name", ["shapes", "textured", "latent-flow", "video"])

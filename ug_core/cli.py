@@ -136,8 +136,13 @@ def parse_video_factors(text: str) -> tuple[int, int, int]:
 
 
 def _factor_type(text: str) -> tuple[int, ...]:
+    parts = len(text.lower().replace(",", "x").split("x"))
+    if parts > 3:
+        raise argparse.ArgumentTypeError(
+            f"--factor must be F or HxW (image models) or FxHxW (the video model), got {text!r}"
+        )
     try:
-        if len(text.lower().replace(",", "x").split("x")) == 3:
+        if parts == 3:
             return parse_video_factors(text)
         return parse_factors(text)
     except ValueError as err:

@@ -111,8 +111,10 @@ class ShippedModel:
         """``{"naive", "ug", "bicubic"}`` → images (n, 3, H, W) in [-1, 1], from the same seeds.
 
         Sample ``i`` has seed ``seed + i`` and label ``(seed + i) mod 4`` unless ``labels`` is
-        given; the trained-size run starts from ``√k·D[x_T]`` of the same ``x_T``. ``model`` reuses
-        a loaded model (:meth:`load`).
+        given (``n`` class indices, the null class ``len(CLASSES)`` included); the trained-size run
+        starts from ``√k·D[x_T]`` of the same ``x_T``. ``model`` reuses a loaded model
+        (:meth:`load`). ``progress`` shows the UNets' progress bars (the latent pipeline's own bar
+        follows its ``set_progress_bar_config``).
         """
         import torch.nn.functional as F
 
@@ -125,6 +127,12 @@ class ShippedModel:
                 f"sample_methods is for image models; {self.name!r} is a video model: use "
                 "ug_core.demo.video.sample_methods"
             )
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise TypeError(f"n must be an int (samples per method), got {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"n must be >= 1 (samples per method), got {n}")
+        if labels is not None:
+            labels = _check_labels(labels, n)
         fh, fw = factors
         steps = self.default_steps if steps is None else steps
         cfg = self.default_cfg if cfg is None else cfg
@@ -158,6 +166,19 @@ class ShippedModel:
             small = model.generate(size=(th, tw), latents=small_latents, **common)
         bicubic = F.interpolate(small, size=size, mode="bicubic", align_corners=False)
         return {"naive": naive, "ug": ug, "bicubic": bicubic.clamp(-1, 1)}
+
+
+def _check_labels(labels: Sequence[int] | torch.Tensor, n: int) -> torch.Tensor:
+    """``labels`` as a long tensor of n class indices (the null class included), or an error."""
+    lab = torch.as_tensor(labels)
+    if lab.is_floating_point() or lab.is_complex() or lab.dtype == torch.bool:
+        raise TypeError(f"labels must be integers, got dtype {lab.dtype}")
+    if lab.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) for n={n}, got {tuple(lab.shape)}")
+    top = len(shapes.CLASSES)  # the null class
+    if bool(((lab < 0) | (lab > top)).any()):
+        raise ValueError(f"labels must lie in 0..{top} ({top} is the null class), got {lab.tolist()}")
+    return lab.long()
 
 
 #: The shipped models, by name.
