@@ -177,7 +177,9 @@ def _check_labels(labels: Sequence[int] | torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError(f"labels must have shape ({n},) for n={n}, got {tuple(lab.shape)}")
     top = len(shapes.CLASSES)  # the null class
     if bool(((lab < 0) | (lab > top)).any()):
-        raise ValueError(f"labels must lie in 0..{top} ({top} is the null class), got {lab.tolist()}")
+        raise ValueError(
+            f"labels must lie in 0..{top} ({top} is the null class), got {lab.tolist()}"
+        )
     return lab.long()
 
 
