@@ -353,6 +353,12 @@ def measure_cell(folder: Path, n_ref: int) -> Path:
         if d["kind"] != "low":
             grid = grids.setdefault(d["group"], {TRUTH_ROW: truth})
             grid[d["name"]] = images
+        if d["name"] == "UG θ=1 η=1":  # the sweeps' reference, at their (smaller) n too
+            for n in sizes:
+                if n < len(images):
+                    rows[f"{d['name']}, first {n}"] = row(
+                        measure(images[:n], thr, encoder), reference, d["seconds"], n
+                    )
         r = rows[d["name"]]
         print(f"  {d['name']}: one {r['one_object']:.3f} W1 {r['size_w1']:.4f} "
               f"Fréchet {r['frechet']:.1f} domain {r['domain_frechet']:.2f}")  # fmt: skip
@@ -422,7 +428,49 @@ def report_lines() -> list[str]:
         grids = sorted(OUT.glob(f"{d['model']}_{f}x_{d['steps']}steps_*.png"))
         links = [f"[{g.stem.split('_')[-1]}](results/quality_v2/{g.name})" for g in grids]
         lines += ["", "Samples: " + ", ".join(links), ""]
-    return lines + target_lines(cells)
+    return lines + sweep_lines(cells) + target_lines(cells)
+
+
+def sweep_lines(cells: list[dict]) -> list[str]:
+    """Two tables over every cell with a sweep: UG's θ and η values side by side, best named."""
+    lines: list[str] = []
+    for label, values, key in (
+        ("θ", (0.5, 1.0) + THETAS[1:], lambda v: f"UG θ={v:g} η=1"),
+        ("η", ETAS + (1.0,), lambda v: f"UG θ=1 η={v:g}"),
+    ):
+        swept = [d for d in cells if sum(key(v) in d["rows"] for v in values) > 2]
+        if not swept:
+            continue
+        lines += [
+            f"### The {label} sweep in every cell",
+            "",
+            f"Each entry: one object · domain Fréchet, for UG at that {label}, all on the same n "
+            "samples (the sweep's; θ = η = 1 on its first n where its row has more). *best*: "
+            f"the {label} with the lowest domain Fréchet, and in brackets the {label} values "
+            "with the most single objects.",
+            "",
+            "| model | factor | steps | "
+            + " | ".join(f"{label} = {v:g}" for v in values)
+            + " | best (most one object) |",
+            "| --- | --- | --- | " + "--- | " * len(values) + "--- |",
+        ]
+        for d in swept:
+            r = {v: d["rows"][key(v)] for v in values if key(v) in d["rows"]}
+            n = min(x["n"] for x in r.values())
+            r = {v: d["rows"].get(f"{key(v)}, first {n}", x) for v, x in r.items()}
+            cols = [
+                f"{_pct(r[v]['one_object'])} · {r[v]['domain_frechet']:.1f}" if v in r else "–"
+                for v in values
+            ]
+            best = min(r, key=lambda v: r[v]["domain_frechet"])
+            top = max(x["one_object"] for x in r.values())
+            most = ", ".join(f"{v:g}" for v in r if r[v]["one_object"] == top)
+            lines.append(
+                f"| {d['model']} | {d['factor']}× | {d['steps']} | " + " | ".join(cols)
+                + f" | **{best:g}** ({most}) |"
+            )  # fmt: skip
+        lines.append("")
+    return lines
 
 
 def _pct(v: float) -> str:
@@ -455,7 +503,7 @@ def target_lines(cells: list[dict]) -> list[str]:
     if lat is not None:
         r = lat["rows"]
         nv = r["naive"]
-        etas = {k: v for k, v in r.items() if k.startswith("UG θ=1 η=")}
+        etas = {k: v for k, v in r.items() if k.startswith("UG θ=1 η=") and ", " not in k}
         eta = {k: k.split("η=")[1] for k in etas}
         meeting = [
             eta[k]

@@ -73,6 +73,26 @@ def test_quality_v2_smoke(tmp_path, monkeypatch):
     )
     assert any("domain Fréchet η = 1:" in line and "lowest at η = **" in line for line in lines)
     assert any(line.startswith("- HiRes.fix without → with UG") for line in lines)
+    assert "### The η sweep in every cell" in text and "| latent-flow | 2× | 1 |" in text
+
+
+def test_quality_v2_sweep_table_compares_at_one_n():
+    """θ = η = 1 enters the sweep tables on the sweep's n (its first-n row), and best is named."""
+    quality_v2 = _bench("quality_v2")
+
+    def r(one, dom, n):
+        return dict(one_object=one, domain_frechet=dom, n=n)
+
+    rows = {"UG θ=1 η=1": r(1.0, 10.0, 32), "UG θ=1 η=1, first 16": r(0.875, 50.0, 16)}
+    rows.update({f"UG θ=1 η={e:g}": r(0.9375, 40.0 + 10 * e, 16) for e in quality_v2.ETAS})
+    cell = dict(model="m", factor=2, steps=20, rows=rows)
+    text = "\n".join(quality_v2.sweep_lines([cell]))
+    assert "### The θ sweep" not in text  # one θ value only: no θ table
+    row = next(line for line in text.splitlines() if line.startswith("| m | 2× | 20 |"))
+    assert row == (
+        "| m | 2× | 20 | 93.8% · 42.0 | 93.8% · 44.0 | 93.8% · 46.0 | 93.8% · 48.0 "
+        "| 87.5% · 50.0 | **0.2** (0.2, 0.4, 0.6, 0.8) |"
+    )
 
 
 def test_domain_metric_smoke(tmp_path, monkeypatch):
