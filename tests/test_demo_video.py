@@ -318,7 +318,10 @@ def test_video_benchmark_smoke(tmp_path):
         "(trained size itself, vs truth at 8×32×32)",
     }
     assert rows["ground truth (independent set)"]["one_object"] == 1.0
+    sampled = sum(r.get("seconds", 0.0) for r in rows.values())
+    assert results["sampling_seconds"] == sampled > 0
     report = (tmp_path / "RESULTS.md").read_text()
+    assert f"sampling {sampled:.0f} s in all" in report
     assert "## Video proving ground" in report and "### Targets (video)" in report
     assert (tmp_path / "video_temporal.gif").is_file()
     assert (tmp_path / "video_strip_temporal.png").is_file()
