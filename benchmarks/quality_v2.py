@@ -431,14 +431,32 @@ def report_lines() -> list[str]:
     return lines + sweep_lines(cells) + target_lines(cells)
 
 
+#: The swept parameters: (label, values in table order, row name of UG at a value).
+SWEEPS = (
+    ("θ", (0.5, 1.0) + THETAS[1:], lambda v: f"UG θ={v:g} η=1"),
+    ("η", ETAS + (1.0,), lambda v: f"UG θ=1 η={v:g}"),
+)
+
+
+def sweep_rows(cell: dict, values: tuple, key) -> dict[float, dict]:
+    """The measured rows of one sweep in ``cell``, by value, all on the sweep's n."""
+    r = {v: cell["rows"][key(v)] for v in values if key(v) in cell["rows"]}
+    n = min((x["n"] for x in r.values()), default=0)
+    return {v: cell["rows"].get(f"{key(v)}, first {n}", x) for v, x in r.items()}
+
+
+def sweep_best(r: dict[float, dict]) -> tuple[float, list[float]]:
+    """(value with the lowest domain Fréchet, values with the most single objects)."""
+    best = min(r, key=lambda v: r[v]["domain_frechet"])
+    top = max(x["one_object"] for x in r.values())
+    return best, [v for v in r if r[v]["one_object"] == top]
+
+
 def sweep_lines(cells: list[dict]) -> list[str]:
     """Two tables over every cell with a sweep: UG's θ and η values side by side, best named."""
     lines: list[str] = []
-    for label, values, key in (
-        ("θ", (0.5, 1.0) + THETAS[1:], lambda v: f"UG θ={v:g} η=1"),
-        ("η", ETAS + (1.0,), lambda v: f"UG θ=1 η={v:g}"),
-    ):
-        swept = [d for d in cells if sum(key(v) in d["rows"] for v in values) > 2]
+    for label, values, key in SWEEPS:
+        swept = [d for d in cells if len(sweep_rows(d, values, key)) > 2]
         if not swept:
             continue
         lines += [
@@ -455,19 +473,15 @@ def sweep_lines(cells: list[dict]) -> list[str]:
             "| --- | --- | --- | " + "--- | " * len(values) + "--- |",
         ]
         for d in swept:
-            r = {v: d["rows"][key(v)] for v in values if key(v) in d["rows"]}
-            n = min(x["n"] for x in r.values())
-            r = {v: d["rows"].get(f"{key(v)}, first {n}", x) for v, x in r.items()}
+            r = sweep_rows(d, values, key)
             cols = [
                 f"{_pct(r[v]['one_object'])} · {r[v]['domain_frechet']:.1f}" if v in r else "–"
                 for v in values
             ]
-            best = min(r, key=lambda v: r[v]["domain_frechet"])
-            top = max(x["one_object"] for x in r.values())
-            most = ", ".join(f"{v:g}" for v in r if r[v]["one_object"] == top)
+            best, most = sweep_best(r)
             lines.append(
                 f"| {d['model']} | {d['factor']}× | {d['steps']} | " + " | ".join(cols)
-                + f" | **{best:g}** ({most}) |"
+                + f" | **{best:g}** ({', '.join(f'{v:g}' for v in most)}) |"
             )  # fmt: skip
         lines.append("")
     return lines
@@ -533,6 +547,27 @@ def target_lines(cells: list[dict]) -> list[str]:
             + (f"with n = {n} one sample is {100 / n:.1f} points of one-object rate, so the "
                "one-object differences across η are within a sample or two.")
         )  # fmt: skip
+    label, values, key = SWEEPS[1]
+    latent = [
+        d for d in cells if d["model"] == "latent-flow" and len(sweep_rows(d, values, key)) > 2
+    ]
+    if latent:
+        bests = [sweep_best(sweep_rows(d, values, key)) for d in latent]
+        parts = [
+            f"{d['factor']}× {d['steps']} steps: η = {best:g} (most single objects at η = "
+            f"{', '.join(f'{v:g}' for v in most)})"
+            for d, (best, most) in zip(latent, bests, strict=True)
+        ]
+        verdict = (
+            "the same η is lowest in every cell"
+            if len({b for b, _ in bests}) == 1
+            else ("no single η is lowest in every cell")
+        )
+        verdict += "; η = 0.6 is " + ("never" if all(b != 0.6 for b, _ in bests) else "sometimes")
+        lines.append(
+            "- The η sweep on the latent transformer in every cell (lowest domain Fréchet; the "
+            f"η sweep table above): {'; '.join(parts)}. So {verdict} the lowest."
+        )
     for d in cells:
         r = d["rows"]
         pairs = [

@@ -74,6 +74,9 @@ def test_quality_v2_smoke(tmp_path, monkeypatch):
     assert any("domain Fréchet η = 1:" in line and "lowest at η = **" in line for line in lines)
     assert any(line.startswith("- HiRes.fix without → with UG") for line in lines)
     assert "### The η sweep in every cell" in text and "| latent-flow | 2× | 1 |" in text
+    assert any(
+        line.startswith("- The η sweep on the latent transformer in every cell") for line in lines
+    )
 
 
 def test_quality_v2_sweep_table_compares_at_one_n():
