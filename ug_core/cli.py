@@ -529,10 +529,22 @@ def _start_ranks(launch: tuple[int, int, int] | None, device: str) -> tuple[_Ran
 
 
 def _stop_ranks(ranks: _Ranks) -> None:
-    """Leave the process group if this process started it."""
+    """Leave the process group if this process started it, after the others reach this point.
+
+    Without the barrier a process that leaves first can tear gloo down while a peer's last
+    message to it is still in flight, and die of SIGABRT instead of exiting with its status.
+    The barrier has a timeout, so a peer that never arrives can't hold this process.
+    """
     if ranks.owned:
         import torch.distributed as dist
 
+        if ranks.world > 1:
+            from datetime import timedelta
+
+            try:
+                dist.monitored_barrier(timeout=timedelta(seconds=60))
+            except Exception:  # noqa: BLE001 - a missing peer or a non-gloo group: leave anyway
+                pass
         dist.destroy_process_group()
 
 
