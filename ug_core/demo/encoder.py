@@ -206,6 +206,8 @@ def domain_frechet(
     encoder = encoder or load_encoder()
 
     def feats(x: torch.Tensor | np.ndarray) -> np.ndarray:
+        if not isinstance(x, (np.ndarray, torch.Tensor)):
+            x = torch.as_tensor(x)
         if x.ndim == 2:  # features already computed
             return x if isinstance(x, np.ndarray) else x.detach().double().cpu().numpy()
         return encoder.features(torch.as_tensor(x))
