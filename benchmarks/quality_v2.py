@@ -547,23 +547,21 @@ def target_lines(cells: list[dict]) -> list[str]:
             + (f"with n = {n} one sample is {100 / n:.1f} points of one-object rate, so the "
                "one-object differences across η are within a sample or two.")
         )  # fmt: skip
-    label, values, key = SWEEPS[1]
-    latent = [
-        d for d in cells if d["model"] == "latent-flow" and len(sweep_rows(d, values, key)) > 2
-    ]
-    if latent:
-        bests = [sweep_best(sweep_rows(d, values, key)) for d in latent]
+    _, values, key = SWEEPS[1]
+    swept = [(d, sweep_rows(d, values, key)) for d in cells if d["model"] == "latent-flow"]
+    swept = [(d, sweep_best(r)) for d, r in swept if len(r) > 2]
+    if swept:
         parts = [
             f"{d['factor']}× {d['steps']} steps: η = {best:g} (most single objects at η = "
             f"{', '.join(f'{v:g}' for v in most)})"
-            for d, (best, most) in zip(latent, bests, strict=True)
+            for d, (best, most) in swept
         ]
+        bests = [best for _, (best, _) in swept]
+        one = len(set(bests)) == 1
         verdict = (
-            "the same η is lowest in every cell"
-            if len({b for b, _ in bests}) == 1
-            else ("no single η is lowest in every cell")
+            "the same η is lowest in every cell" if one else "no single η is lowest in every cell"
         )
-        verdict += "; η = 0.6 is " + ("never" if all(b != 0.6 for b, _ in bests) else "sometimes")
+        verdict += "; η = 0.6 is " + ("never" if 0.6 not in bests else "sometimes")
         lines.append(
             "- The η sweep on the latent transformer in every cell (lowest domain Fréchet; the "
             f"η sweep table above): {'; '.join(parts)}. So {verdict} the lowest."
