@@ -1,6 +1,7 @@
 """upsample-guidance: sample pretrained diffusion models above their trained resolution.
 
-The core is framework-free: operators (:func:`downsample`, :func:`upsample`), noise schedules
+The core is framework-free: the options (:class:`UpsampleGuidanceConfig`), factors
+(:func:`parse_factors`), operators (:func:`downsample`, :func:`upsample`), noise schedules
 (:class:`DiscreteSchedule`, :class:`SigmaSchedule`, :class:`FlowSchedule`), parameterisations, the
 guidance scale over time (:func:`step_scale`), and one kernel (:func:`upsample_guidance`) that
 :class:`UpsampleGuidance` and every adapter in ``ug_core.adapters`` call.
@@ -18,21 +19,27 @@ __version__ = "0.1.0"
 
 #: Public name → the submodule that defines it.
 _EXPORTS = {
-    "BELOW_RANGE": "guidance",
+    "BELOW_RANGE": "config",
+    "MIXED_TIMES": "config",
+    "UpsampleGuidanceConfig": "config",
     "UpsampleGuidance": "guidance",
+    "pool_time_map": "guidance",
     "upsample_guidance": "guidance",
-    "block_size": "operators",
-    "check_divisible": "operators",
+    "block_size": "factors",
+    "check_divisible": "factors",
+    "normalize_factors": "factors",
+    "parse_factors": "factors",
     "downsample": "operators",
-    "normalize_factors": "operators",
     "upsample": "operators",
+    "unwhiten": "operators",
+    "whiten": "operators",
     "PREDICTIONS": "parameterizations",
     "guidance_coefficients": "parameterizations",
     "normalize_prediction": "parameterizations",
     "prediction_to_x0": "parameterizations",
     "x0_to_prediction": "parameterizations",
     "step_scale": "scales",
-    "TIME_MATCHING": "schedules",
+    "TIME_MATCHING": "config",
     "DiscreteSchedule": "schedules",
     "FlowSchedule": "schedules",
     "Match": "schedules",
@@ -41,6 +48,12 @@ _EXPORTS = {
 
 __all__ = [
     "BELOW_RANGE",
+    "MIXED_TIMES",
+    "UpsampleGuidanceConfig",
+    "parse_factors",
+    "pool_time_map",
+    "unwhiten",
+    "whiten",
     "DiscreteSchedule",
     "FlowSchedule",
     "Match",
@@ -62,8 +75,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
-    from .guidance import BELOW_RANGE, UpsampleGuidance, upsample_guidance
-    from .operators import block_size, check_divisible, downsample, normalize_factors, upsample
+    from .config import BELOW_RANGE, MIXED_TIMES, TIME_MATCHING, UpsampleGuidanceConfig
+    from .factors import block_size, check_divisible, normalize_factors, parse_factors
+    from .guidance import UpsampleGuidance, pool_time_map, upsample_guidance
+    from .operators import downsample, unwhiten, upsample, whiten
     from .parameterizations import (
         PREDICTIONS,
         guidance_coefficients,
@@ -72,7 +87,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         x0_to_prediction,
     )
     from .scales import step_scale
-    from .schedules import TIME_MATCHING, DiscreteSchedule, FlowSchedule, Match, SigmaSchedule
+    from .schedules import DiscreteSchedule, FlowSchedule, Match, SigmaSchedule
 
 
 def __getattr__(name: str) -> Any:

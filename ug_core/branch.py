@@ -16,11 +16,12 @@ broadcasts, so any backend (gloo on the CPU, NCCL on GPUs) and any launcher (``t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["BranchParallel", "ROLES"]
+__all__ = ["BranchParallel", "Local", "ROLES"]
 
 #: The two roles: the process that makes the high-resolution call, and the low-resolution one.
 ROLES = ("high", "low")
@@ -30,6 +31,28 @@ _DTYPES = (
     torch.bool,
 )  # fmt: skip
 _HEADER = 10  # code, ndim, up to 8 sizes
+
+
+class Local:
+    """The low call made in this process: :class:`BranchParallel`'s exchange, with no peer."""
+
+    role = None
+
+    def low_input(self, x_low: torch.Tensor) -> torch.Tensor:
+        """The low-resolution input, as it is."""
+        return x_low
+
+    def high_call(self, call: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The high-resolution call, made here."""
+        return call()
+
+    def low_prediction(self, call: Callable[[], torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """The low-resolution call, made here."""
+        return call()
+
+    def share(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The guided prediction, as it is."""
+        return tensor
 
 
 class BranchParallel:
@@ -75,12 +98,18 @@ class BranchParallel:
         return tensor
 
     def low_input(self, x_low: torch.Tensor) -> torch.Tensor:
-        """Step 1: the high process sends ``x_low``; the low one receives it into ``x_low``."""
-        return self._broadcast(x_low.contiguous() if self.role == "high" else x_low, "high")
+        """Step 1: the high process sends ``x_low``; the low one receives it (into ``x_low``)."""
+        return self._broadcast(x_low.contiguous(), "high")
 
-    def low_prediction(self, pred_low: torch.Tensor) -> torch.Tensor:
-        """Step 2: the low process sends its prediction; the high one receives it."""
-        return self._broadcast(pred_low.contiguous() if self.role == "low" else pred_low, "low")
+    def high_call(self, call: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+        """The high-resolution call: made on the high process; None on the low one."""
+        return call() if self.role == "high" else None
+
+    def low_prediction(self, call: Callable[[], torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """Step 2: the low process makes the low call and sends it; the high one receives it."""
+        if self.role == "low":
+            return self._broadcast(call().contiguous(), "low")
+        return self._broadcast(torch.empty_like(like), "low")
 
     def share(self, tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         """Step 3: the high process sends ``tensor`` (any shape); the low one gets a copy.

@@ -1,4 +1,4 @@
-"""The upsample-guidance kernel (paper Eq. 10, generalised; ug-math §4-§7) and its entry point.
+"""The upsample-guidance kernel (paper Eq. 10, generalised; ``docs/maths.md``) and its entry point.
 
 Every adapter ends in :func:`upsample_guidance`; :class:`UpsampleGuidance` prepares its inputs
 (time and power matching, the scale over time, the one low-resolution model call) for a model
@@ -13,25 +13,29 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .branch import BranchParallel
-from .operators import block_size, check_divisible, downsample, normalize_factors, upsample
+from .branch import BranchParallel, Local
+from .config import (
+    BELOW_RANGE,
+    DEVICE_TIME,
+    MIXED_TIMES,
+    UpsampleGuidanceConfig,
+    resolve_config,
+)
+from .factors import block_size, check_divisible, format_factors
+from .operators import downsample, unwhiten, upsample, whiten
 from .parameterizations import guidance_coefficients, normalize_prediction
-from .scales import ScaleLike, StepScale, check_eta, check_scale, weights_at
-from .schedules import TIME_MATCHING, DiscreteSchedule, Schedule, as_device_times, as_times
+from .scales import ScaleLike, weights_at
+from .schedules import DiscreteSchedule, Schedule, as_device_times, as_times
 
-__all__ = ["upsample_guidance", "UpsampleGuidance", "BELOW_RANGE", "DEVICE_TIME", "LowResInputs"]
-
-#: What happens where the matched time falls below the schedule's first time:
-#: ``"clamp"`` evaluates the low-resolution model at the first time (its input keeps the exact
-#: power scale, so it is slightly less noisy than the model assumes: a negligible mismatch at the
-#: clean end), ``"skip"`` switches the guidance off for that element, ``"error"`` raises.
-BELOW_RANGE = ("clamp", "skip", "error")
-
-#: What a time on an accelerator with no ``host_time`` does when w may vary with it:
-#: ``"compute"`` computes the guidance on the device and makes the low call at every step (w = 0
-#: elements keep the plain prediction; no device-to-host copy), ``"read"`` copies the time to the
-#: host once per call (a synchronisation) so that steps with w = 0 make no low call.
-DEVICE_TIME = ("compute", "read")
+__all__ = [
+    "upsample_guidance",
+    "UpsampleGuidance",
+    "BELOW_RANGE",
+    "DEVICE_TIME",
+    "MIXED_TIMES",
+    "LowResInputs",
+    "pool_time_map",
+]
 
 #: ``low_res_inputs(args, kwargs, factors) -> (args, kwargs)``: adapts the extra model inputs to the
 #: low-resolution call (e.g. ControlNet residuals or per-frame embeddings). Default: unchanged.
@@ -39,7 +43,8 @@ LowResInputs = Callable[[tuple, dict, tuple], tuple[tuple, dict]]
 
 _HALF = (torch.float16, torch.bfloat16)
 
-#: A per-batch-element coefficient: a Python float when the whole batch shares it, else a tensor.
+#: A coefficient: a Python float when every element shares it, else a tensor (one per batch
+#: element, or a map broadcastable to the low-resolution sample).
 Coefficient = float | torch.Tensor
 
 
@@ -50,12 +55,18 @@ def _moved(v: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.T
     return v.to(device=device, dtype=dtype, non_blocking=True)
 
 
-def _per_sample(v: Coefficient, like: torch.Tensor) -> Coefficient:
-    """A coefficient shaped to broadcast against ``like``: floats stay floats (no copy)."""
+def _broadcastable(v: Coefficient, like: torch.Tensor) -> Coefficient:
+    """A coefficient shaped to broadcast against ``like``: floats stay floats (no copy).
+
+    A tensor with ``like``'s number of axes is a map and is kept; one value per batch element
+    gets trailing axes of size 1.
+    """
     if not isinstance(v, torch.Tensor):
         return float(v)
     v = _moved(v, like.device, like.dtype)
-    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim)) if v.ndim else v
+    if v.ndim in (0, like.ndim):
+        return v
+    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
 
 
 def upsample_guidance(
@@ -65,22 +76,27 @@ def upsample_guidance(
     weight: Coefficient,
     r: Coefficient,
     q: Coefficient,
-    factors: Sequence[int],
+    factors: Sequence[Any],
 ) -> torch.Tensor:
-    """The guided prediction ``p + w·U[r·p_low − D[p] + q·D[x]]`` (Eq. 10 for ε: r = 1/√k, q = 0).
+    """The guided prediction ``p + U[w·(r·W⁻¹p_low − D[p] + q·D[x])]`` (Eq. 10 for ε).
 
     ``pred`` is the model's prediction at the high resolution, ``pred_low`` its prediction on the
-    low-resolution input, ``x_down = D[x]`` the block mean of the noisy input, and ``weight``,
-    ``r``, ``q`` are floats or one value per batch element, on the host or on ``pred``'s device
-    (see :func:`ug_core.parameterizations.guidance_coefficients`). Half-precision inputs are
-    combined in float32; the result has ``pred``'s dtype and device.
+    low-resolution input ``c·W[D[x]]`` (W, :func:`~ug_core.operators.whiten`, is the identity for
+    integer factors, and then this is ``p + w·U[r·p_low − D[p] + q·D[x]]``; for ε, ``r = 1/√k``
+    and ``q = 0``), ``x_down = D[x]`` the area mean of the noisy input, and ``weight``, ``r``,
+    ``q`` are floats, one value per batch element, or maps at the low resolution, on the host or
+    on ``pred``'s device (:func:`ug_core.parameterizations.guidance_coefficients`). Where w is 0
+    the prediction is kept. Half-precision inputs are combined in float32; the result has
+    ``pred``'s dtype and device.
     """
-    factors = normalize_factors(factors)
     work = torch.float32 if pred.dtype in _HALF else pred.dtype
     p = pred.to(work)
-    w, r, q = (_per_sample(v, p) for v in (weight, r, q))
-    delta = r * pred_low.to(work) - downsample(p, factors) + q * x_down.to(work)
-    return (p + w * upsample(delta, factors)).to(pred.dtype)
+    low = unwhiten(pred_low.to(work), factors)
+    w, r, q = (_broadcastable(v, low) for v in (weight, r, q))
+    delta = w * (r * low - downsample(p, factors) + q * x_down.to(work))
+    if isinstance(w, torch.Tensor):  # elements with w = 0 keep the plain prediction
+        delta = torch.where(w != 0, delta, 0.0)
+    return (p + upsample(delta, factors)).to(pred.dtype)
 
 
 def _host_readable(t: Any) -> bool:
@@ -88,51 +104,66 @@ def _host_readable(t: Any) -> bool:
     return not isinstance(t, torch.Tensor) or t.device.type == "cpu"
 
 
-def _compact(v: torch.Tensor) -> Coefficient:
-    """A host tensor as one float when all its values are equal, else the tensor itself."""
-    flat = v.reshape(-1)
-    return float(flat[0]) if flat.numel() == 1 or bool((flat == flat[0]).all()) else v
+def _time_like(tau: Coefficient, t: Any, integral: bool) -> Any:
+    """The matched time in the form the caller gave ``t``: a number, or a tensor like ``t``.
 
-
-def _time_like(tau: torch.Tensor, t: Any, integral: bool) -> Any:
-    """The matched time in the form the caller gave ``t``: number, 0-d or 1-d tensor.
-
-    ``tau`` holds the matched times (on the host, or on ``t``'s device); ``integral`` says
-    whether they are whole numbers, so that an integer ``t`` gets an integer time back.
+    ``tau`` is one time or a tensor of them (on the host, or on ``t``'s device), shaped like the
+    batch's times (a time map: like the low-resolution map); ``integral`` says whether they are
+    whole numbers, so that an integer ``t`` gets an integer time back.
     """
-    if isinstance(t, torch.Tensor):
-        dtype = t.dtype if (t.is_floating_point() or integral) else torch.float32
-        if not integral or t.is_floating_point():
-            out = tau
-        else:
-            out = tau.round()
-        if out.device != t.device:
-            single = _compact(out)
-            if not isinstance(single, torch.Tensor):
-                return torch.full(t.shape, single, dtype=dtype, device=t.device)
-        moved = _moved(out, t.device, dtype)
-        if moved.numel() == t.numel():
-            return moved.reshape(t.shape)
-        return moved.reshape(()).expand(t.shape)
-    value = float(tau.reshape(-1)[0])
-    return int(round(value)) if isinstance(t, numbers.Integral) and integral else value
+    if not isinstance(t, torch.Tensor):
+        value = float(tau) if not isinstance(tau, torch.Tensor) else float(tau.reshape(-1)[0])
+        return int(round(value)) if isinstance(t, numbers.Integral) and integral else value
+    dtype = t.dtype if (t.is_floating_point() or integral) else torch.float32
+    if not isinstance(tau, torch.Tensor):
+        value = round(tau) if integral and not t.is_floating_point() else tau
+        return torch.full(t.shape, value, dtype=dtype, device=t.device)
+    out = tau if (t.is_floating_point() or not integral) else tau.round()
+    moved = _moved(out, t.device, dtype)
+    if t.ndim <= 1:
+        return moved.reshape(t.shape) if moved.numel() == t.numel() else moved.expand(t.shape)
+    return moved
 
 
 class Prepared(NamedTuple):
     """A guided call before the model runs (see :meth:`UpsampleGuidance.prepare`)."""
 
     w: Coefficient
-    """w: a float, or one per batch element."""
+    """w: a float, one per batch element, or a map at the low resolution."""
     t_low: Any
     """The low-resolution call's time, in the form the caller gave t."""
     r: Coefficient
     q: Coefficient
-    mixed: bool
-    """Whether some elements have w == 0 (they keep the plain prediction)."""
-    x_down: torch.Tensor | None
-    """D[x] (None on the low process of a branch-parallel call)."""
+    x_down: torch.Tensor
+    """D[x]: the area mean of the noisy input."""
     x_low: torch.Tensor
-    """The low-resolution input c·D[x]."""
+    """The low-resolution input ``c·W[D[x]]``."""
+    x_shape: tuple[int, ...]
+    """The shape of x (and of the prediction)."""
+
+
+class Entry(NamedTuple):
+    """The guidance's values at one host time (model unit), memoised per time."""
+
+    w: float
+    tau: float
+    integral: bool
+    c: float
+    r: float
+    q: float
+    below: bool
+
+
+class Coefficients(NamedTuple):
+    """The guidance's values at a batch of times: floats when shared, else tensors like them."""
+
+    w: Coefficient
+    tau: Coefficient
+    c: Coefficient
+    r: Coefficient
+    q: Coefficient
+    below: Coefficient
+    integral: bool
 
 
 def _check_prediction(pred: Any) -> None:
@@ -144,11 +175,77 @@ def _check_prediction(pred: Any) -> None:
         )
 
 
-def _high_shape(x_low: torch.Tensor, factors: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape of x whose low-resolution input is ``x_low``."""
-    lead = x_low.shape[: x_low.ndim - len(factors)]
-    trailing = x_low.shape[len(lead) :]
-    return tuple(lead) + tuple(n * f for n, f in zip(trailing, factors, strict=True))
+def _check_time_shape(t: Any, x: torch.Tensor, name: str) -> None:
+    """A ValueError unless ``t`` is a number, one value per batch element, or a time map."""
+    if not isinstance(t, torch.Tensor) or t.ndim == 0:
+        return
+    if t.ndim == 1:
+        if t.numel() not in (1, x.shape[0]):
+            raise ValueError(
+                f"{name} must be a number, hold 1 or batch-size ({x.shape[0]}) values, or be a "
+                f"time map shaped like x {tuple(x.shape)}; got shape {tuple(t.shape)}"
+            )
+        return
+    fits = t.ndim == x.ndim and all(n in (1, m) for n, m in zip(t.shape, x.shape, strict=True))
+    if not fits:
+        raise ValueError(
+            f"{name} of shape {tuple(t.shape)} is not a time map of x {tuple(x.shape)}: a time map "
+            f"has x's {x.ndim} axes, each of x's size or 1 (broadcast); otherwise pass a number "
+            "or one time per batch element"
+        )
+
+
+def _block_extremes(t: torch.Tensor, axis: int, factor: Any) -> tuple[torch.Tensor, ...]:
+    """Per low-resolution element of one axis: the max, min and area mean of the times it covers."""
+    from .operators import axis_matrices
+
+    down = torch.as_tensor(axis_matrices(factor)["down"], dtype=t.dtype, device=t.device)
+    rows, cols = down.shape
+    moved = t.movedim(axis, -1)
+    blocks = moved.reshape(*moved.shape[:-1], moved.shape[-1] // cols, 1, cols)
+    covered = down > 0
+    big = torch.finfo(t.dtype).max
+    hi = torch.where(covered, blocks, -big).amax(-1)
+    lo = torch.where(covered, blocks, big).amin(-1)
+    mean = blocks.squeeze(-2) @ down.T
+    return tuple(v.reshape(*moved.shape[:-1], -1).movedim(-1, axis) for v in (hi, lo, mean))
+
+
+def pool_time_map(t: torch.Tensor, factors: Sequence[Any], mixed_times: str = "error") -> Any:
+    """A time map at the low resolution: each element's time is that of the block it covers.
+
+    ``t`` has the sample's axes, each of its size or 1. Axes of size 1 stay 1. Within a block,
+    times that differ are a ValueError unless ``mixed_times`` (one of :data:`MIXED_TIMES`) says
+    how to combine them (noisiest ``"max"``, cleanest ``"min"``, area ``"mean"``).
+    """
+    first = t.ndim - len(factors)
+    out = t
+    for axis, f in enumerate(factors, start=first):
+        if f == 1 or out.shape[axis] == 1:
+            continue
+        hi, lo, mean = _block_extremes(out, axis, f)
+        if mixed_times == "error":
+            differs = hi != lo
+            if bool(differs.any()):
+                where = tuple(int(i) for i in differs.nonzero()[0])
+                raise ValueError(
+                    f"the time map has different times inside one block of the factors "
+                    f"{format_factors(factors)} (axis {axis}, low element {where}: from "
+                    f"{lo[where].item()!r} to {hi[where].item()!r}); pass mixed_times='max', "
+                    "'min' or 'mean' to combine them, or factors that keep such times apart"
+                )
+            out = hi
+        else:
+            out = {"max": hi, "min": lo, "mean": mean}[mixed_times]
+    return out
+
+
+def _below_error(value: float, factors: Any, k: Any) -> ValueError:
+    """The error for a matched time below the schedule's range (``below_range="error"``)."""
+    return ValueError(
+        f"the matched time for t={value!r} falls below the schedule's range (factors "
+        f"{format_factors(factors)}, k={k}); pass below_range='clamp' or 'skip' to allow it"
+    )
 
 
 class UpsampleGuidance:
@@ -156,21 +253,15 @@ class UpsampleGuidance:
 
     ``schedule`` is a :class:`~ug_core.DiscreteSchedule`, :class:`~ug_core.SigmaSchedule` or
     :class:`~ug_core.FlowSchedule` (any :class:`~ug_core.schedules.Schedule`), in the time unit the
-    model takes. ``factors`` are the integer upsampling factors of the trailing axes. ``scale`` is
-    w: a float, a callable of the time fraction in [0, 1] (1 = noisiest), or a
-    :func:`~ug_core.step_scale`. ``eta`` gates it as in the paper's Eq. 11: guidance is on during
-    the noisiest ``eta`` of the time axis (``step_scale(θ, η)`` is the same as ``scale=θ, eta=η``).
-    ``prediction`` is what the model returns (epsilon, sample, v_prediction or flow).
-    ``time_matching`` is ``"nearest"`` (paper, appendix A), ``"exact"`` (fractional τ), or
-    ``"off"`` (ablation). ``match_power=False`` drops the 1/√P input scale (ablation only).
-    ``below_range`` is one of :data:`BELOW_RANGE`.
+    model takes, and ``prediction`` what the model returns (epsilon, sample, v_prediction or
+    flow). The options are an :class:`~ug_core.UpsampleGuidanceConfig` (``config=``) or its
+    fields as keyword arguments (the short form: ``factors``, ``scale``, ``eta``,
+    ``time_matching``, ``below_range``, ``match_power``, ``device_time``, ``mixed_times``).
 
-    ``device_time`` (one of :data:`DEVICE_TIME`) is what a time on an accelerator does when no
-    ``host_time`` is given and w depends on it. ``branch_parallel`` (a
-    :class:`~ug_core.branch.BranchParallel` or a ``torch.distributed`` group of two) makes the
-    low-resolution call on the other process. The low-resolution prediction is read at its
-    input's actual coefficients ``(c·a(t), c·s(t)/√k)``. Why, and how the host and device paths
-    work: ``docs/design.md``.
+    ``branch_parallel`` (a :class:`~ug_core.branch.BranchParallel` or a ``torch.distributed``
+    group of two) makes the low-resolution call on the other process. The low-resolution
+    prediction is read at its input's actual coefficients ``(c·a(t), c·s(t)/√k)``. Why, and how
+    the host and device paths work: ``docs/design.md``.
 
     Example::
 
@@ -181,62 +272,51 @@ class UpsampleGuidance:
     def __init__(
         self,
         schedule: Schedule,
-        factors: int | Sequence[int] = (2, 2),
-        scale: ScaleLike = 1.0,
+        factors: Any = None,
+        scale: ScaleLike | None = None,
         prediction: str = "epsilon",
-        time_matching: str = "nearest",
+        time_matching: str | None = None,
         *,
-        eta: float = 1.0,
-        below_range: str = "clamp",
-        match_power: bool = True,
-        device_time: str = "compute",
+        config: UpsampleGuidanceConfig | None = None,
         branch_parallel: Any = None,
+        **options: Any,
     ) -> None:
         if not isinstance(schedule, Schedule):
             raise TypeError(
                 "schedule must be a DiscreteSchedule, SigmaSchedule, FlowSchedule or provide "
                 f"check_times/coefficients/time_fraction/match, got {type(schedule).__name__}"
             )
-        if time_matching not in TIME_MATCHING:
-            raise ValueError(f"time_matching must be one of {TIME_MATCHING}, got {time_matching!r}")
-        if below_range not in BELOW_RANGE:
-            raise ValueError(f"below_range must be one of {BELOW_RANGE}, got {below_range!r}")
-        if device_time not in DEVICE_TIME:
-            raise ValueError(f"device_time must be one of {DEVICE_TIME}, got {device_time!r}")
-        scale, eta = check_scale(scale), check_eta(eta)
-        if isinstance(scale, StepScale):  # one gate: step_scale(θ, η) is scale=θ, eta=η
-            if eta != 1.0 and scale.eta != 1.0:
-                raise ValueError(
-                    f"eta is given twice: eta={eta!r} and scale={scale!r}; pass the gate once"
-                )
-            scale, eta = scale.theta, scale.eta if eta == 1.0 else eta
+        config = resolve_config(
+            config, factors=factors, scale=scale, time_matching=time_matching, **options
+        )
+        self.config = config
         self.schedule = schedule
-        self.factors = normalize_factors(factors)
+        self.factors = config.factors
         self.k = block_size(self.factors)
-        self.scale = scale
-        self.eta = eta
+        self.scale = config.scale
+        self.eta = config.eta
         self.prediction = normalize_prediction(prediction)
-        self.time_matching = time_matching
-        self.below_range = below_range
-        self.match_power = bool(match_power)
-        self.device_time = device_time
-        self._memo: dict[float, tuple] = {}  # host time -> (w, τ, integral, c, r, q, below)
-        if branch_parallel is None or isinstance(branch_parallel, BranchParallel):
-            self.branch = branch_parallel
+        self.time_matching = config.time_matching
+        self.below_range = config.below_range
+        self._memo: dict[float, Entry] = {}
+        if branch_parallel is None:
+            self.exchange: Local | BranchParallel = Local()
+        elif isinstance(branch_parallel, BranchParallel):
+            self.exchange = branch_parallel
         else:  # a torch.distributed process group of two
-            self.branch = BranchParallel(branch_parallel)
+            self.exchange = BranchParallel(branch_parallel)
 
     def __repr__(self) -> str:
         return (
-            f"UpsampleGuidance({type(self.schedule).__name__}, factors={self.factors}, "
-            f"scale={self.scale!r}, eta={self.eta}, prediction={self.prediction!r}, "
-            f"time_matching={self.time_matching!r})"
+            f"UpsampleGuidance({type(self.schedule).__name__}, factors="
+            f"{format_factors(self.factors)}, scale={self.scale!r}, eta={self.eta}, "
+            f"prediction={self.prediction!r}, time_matching={self.time_matching!r})"
         )
 
     @property
     def never_on(self) -> bool:
         """True when w is 0 at every time (``scale=0`` or ``eta=0``): no low call is ever made."""
-        return self.eta == 0.0 or (not callable(self.scale) and self.scale == 0.0)
+        return self.config.never_on
 
     @property
     def constant_weight(self) -> bool:
@@ -249,22 +329,21 @@ class UpsampleGuidance:
         self.schedule.check_times(times)
         return weights_at(self.scale, self.eta, self.schedule.time_fraction(times))
 
-    def check_input(self, x: torch.Tensor, t: Any) -> None:
-        """Raise a clear error for a non-tensor input, too many factors, undivided sizes or t."""
+    def check_input(self, x: torch.Tensor, t: Any, host_time: Any = None) -> None:
+        """Raise a clear error for a non-tensor input, too many factors, bad sizes or times."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if len(self.factors) > x.ndim - 1:
             raise ValueError(
-                f"{len(self.factors)} factors {self.factors} for x of shape {tuple(x.shape)}: "
-                f"at most {x.ndim - 1} trailing axes can be upsampled (axis 0 is the batch)"
+                f"{len(self.factors)} factors {format_factors(self.factors)} for x of shape "
+                f"{tuple(x.shape)}: at most {x.ndim - 1} trailing axes can be upsampled (axis 0 "
+                "is the batch)"
             )
         check_divisible(x.shape, self.factors, "x")
-        if isinstance(t, torch.Tensor) and t.ndim > 0 and t.numel() not in (1, x.shape[0]):
-            raise ValueError(
-                f"t must be a number or hold 1 or batch-size ({x.shape[0]}) values, got shape "
-                f"{tuple(t.shape)}"
-            )
+        _check_time_shape(t, x, "t")
+        _check_time_shape(host_time, x, "host_time")
 
+    # ------------------------------------------------------------------ the calls
     def __call__(
         self,
         model: Callable[..., torch.Tensor],
@@ -282,17 +361,14 @@ class UpsampleGuidance:
         low call; both return the guided prediction.
         """
         prepared = self.prepare(x, t, host_time=host_time)
-        if self.branch is not None and self.branch.role == "low":
-            if prepared is not None:
-                self.low_call(prepared, model, args, kwargs, low_res_inputs)
-            return self.branch.share(None, x.device)
-        pred = model(x, t, *args, **kwargs)
-        out = pred
+        pred = self.exchange.high_call(lambda: model(x, t, *args, **kwargs))
+        if pred is not None:
+            _check_prediction(pred)
         if prepared is not None:
-            out = self.finish(prepared, pred, model, args, kwargs, low_res_inputs)
-        if self.branch is not None:
-            self.branch.share(out, out.device)
-        return out
+            pred_low = self.low_call(prepared, model, args, kwargs, low_res_inputs)
+            if pred is not None:
+                pred = self.finish(prepared, pred, pred_low)
+        return self.exchange.share(pred, x.device)
 
     def apply(
         self,
@@ -310,47 +386,40 @@ class UpsampleGuidance:
 
         ``model`` is then called only for the low-resolution branch: once for the whole batch,
         and not at all where w == 0 is known on the host (the plain ``pred`` is returned).
-        ``host_time`` is the value of ``t`` as the host knows it (a number, or one per batch
-        element), given by adapters that know the sampler's times, so that ``t`` itself is never
-        read. ``low_res_inputs(args, kwargs, factors)`` adapts the other inputs for the low call.
-        The same as :meth:`prepare` then :meth:`finish`.
+        ``host_time`` is the value of ``t`` as the host knows it (a number, one per batch
+        element, or a time map), given by adapters that know the sampler's times, so that ``t``
+        itself is never read. ``low_res_inputs(args, kwargs, factors)`` adapts the other inputs
+        for the low call. The same as :meth:`prepare`, :meth:`low_call` and :meth:`finish`.
         """
         _check_prediction(pred)
         prepared = self.prepare(x, t, host_time=host_time)
         if prepared is None:
             return pred
-        return self.finish(prepared, pred, model, args, kwargs, low_res_inputs)
+        pred_low = self.low_call(prepared, model, args, kwargs, low_res_inputs)
+        return self.finish(prepared, pred, pred_low)
 
     def prepare(self, x: torch.Tensor, t: Any, *, host_time: Any = None) -> Prepared | None:
         """What a guided call needs before the model runs, or None where w == 0 (host-known).
 
-        Computes the low-resolution input ``c·D[x]`` and the kernel's coefficients; with
+        Computes the low-resolution input ``c·W[D[x]]`` and the kernel's coefficients; with
         ``branch_parallel`` the high process sends that input and the low process receives it.
         """
-        self.check_input(x, t)
+        self.check_input(x, t, host_time)
         if self.never_on:
             return None
-        value, times = self._host_times(t, host_time)
-        if value is not None:
-            params = self._scalar_params(value, t)
-        else:
-            if times is not None:
-                self.schedule.check_times(times)
-            params = self._params(t, times)
-        if params is None:
+        coeffs = self._coefficients_for(t, host_time, x)
+        if coeffs is None:
             return None
-        w, t_low, c, r, q, mixed = params
-        if self.branch is not None and self.branch.role == "low":
-            lead, trailing = x.shape[: x.ndim - len(self.factors)], x.shape[-len(self.factors) :]
-            low_shape = lead + tuple(n // f for n, f in zip(trailing, self.factors, strict=True))
-            x_low = self.branch.low_input(torch.empty(low_shape, dtype=x.dtype, device=x.device))
-            return Prepared(w, t_low, r, q, mixed, None, x_low)
+        if self.time_matching == "off":
+            t_low = t if not (isinstance(t, torch.Tensor) and t.ndim > 1) else self._map(t)
+        else:
+            t_low = _time_like(coeffs.tau, t, coeffs.integral)
         x_down = downsample(x, self.factors)
         work = torch.float32 if x.dtype in _HALF else x.dtype
-        x_low = (x_down.to(work) * _per_sample(c, x_down.to(work))).to(x.dtype)
-        if self.branch is not None:
-            self.branch.low_input(x_low)
-        return Prepared(w, t_low, r, q, mixed, x_down, x_low)
+        low = whiten(x_down.to(work), self.factors)
+        x_low = (low * _broadcastable(coeffs.c, low)).to(x.dtype)
+        x_low = self.exchange.low_input(x_low)
+        return Prepared(coeffs.w, t_low, coeffs.r, coeffs.q, x_down, x_low, tuple(x.shape))
 
     def low_call(
         self,
@@ -360,73 +429,78 @@ class UpsampleGuidance:
         kwargs: dict | None = None,
         low_res_inputs: LowResInputs | None = None,
     ) -> torch.Tensor:
-        """The low-resolution model call of a prepared call (sent on, with ``branch_parallel``)."""
-        kwargs = kwargs or {}
-        low_args, low_kwargs = (
-            low_res_inputs(args, kwargs, self.factors) if low_res_inputs else (args, kwargs)
-        )
-        x_low = prepared.x_low
-        pred_low = model(x_low, prepared.t_low, *low_args, **low_kwargs)
-        if not isinstance(pred_low, torch.Tensor) or pred_low.shape != x_low.shape:
-            raise ValueError(
-                f"the low-resolution call returned {getattr(pred_low, 'shape', type(pred_low))}, "
-                f"expected a tensor of shape {tuple(x_low.shape)}"
-            )
-        if self.branch is not None:
-            self.branch.low_prediction(pred_low)
-        return pred_low
+        """The low-resolution prediction of a prepared call (received, on a branch's high side)."""
+
+        def call() -> torch.Tensor:
+            """The low-resolution model call."""
+            low_args, low_kwargs = args, kwargs or {}
+            if low_res_inputs is not None:
+                low_args, low_kwargs = low_res_inputs(low_args, low_kwargs, self.factors)
+            x_low = prepared.x_low
+            pred_low = model(x_low, prepared.t_low, *low_args, **low_kwargs)
+            if not isinstance(pred_low, torch.Tensor) or pred_low.shape != x_low.shape:
+                raise ValueError(
+                    f"the low-resolution call returned "
+                    f"{getattr(pred_low, 'shape', type(pred_low))}, expected a tensor of shape "
+                    f"{tuple(x_low.shape)}"
+                )
+            return pred_low
+
+        return self.exchange.low_prediction(call, prepared.x_low)
 
     def finish(
-        self,
-        prepared: Prepared,
-        pred: torch.Tensor,
-        model: Callable[..., torch.Tensor],
-        args: tuple = (),
-        kwargs: dict | None = None,
-        low_res_inputs: LowResInputs | None = None,
+        self, prepared: Prepared, pred: torch.Tensor, pred_low: torch.Tensor
     ) -> torch.Tensor:
-        """The guided prediction of a prepared call, from the model's own ``pred``.
-
-        Makes the low call (or, with ``branch_parallel``, receives its prediction).
-        """
+        """The guided prediction of a prepared call, from the model's ``pred`` and ``pred_low``."""
         _check_prediction(pred)
-        expected = _high_shape(prepared.x_low, self.factors)
-        if tuple(pred.shape) != expected:
+        if tuple(pred.shape) != prepared.x_shape:
             raise ValueError(
                 f"the model's prediction has shape {tuple(pred.shape)}, but x has shape "
-                f"{expected}; guidance needs a prediction shaped like its input"
+                f"{prepared.x_shape}; guidance needs a prediction shaped like its input"
             )
-        if self.branch is not None:
-            pred_low = self.branch.low_prediction(torch.empty_like(prepared.x_low))
-        else:
-            pred_low = self.low_call(prepared, model, args, kwargs, low_res_inputs)
-        guided = upsample_guidance(
+        return upsample_guidance(
             pred, pred_low, prepared.x_down, prepared.w, prepared.r, prepared.q, self.factors
         )
-        if not prepared.mixed:
-            return guided
-        w = prepared.w
-        on = _moved(w, pred.device, w.dtype) != 0
-        return torch.where(on.reshape(on.shape + (1,) * (pred.ndim - on.ndim)), guided, pred)
 
-    def _host_times(self, t: Any, host_time: Any) -> tuple[float | None, torch.Tensor | None]:
-        """The time on the host: one value shared by the batch, or a tensor, or neither.
+    # ------------------------------------------------------------------ times and coefficients
+    def _map(self, t: torch.Tensor) -> torch.Tensor:
+        """A time map pooled to the low resolution (see :func:`pool_time_map`)."""
+        return pool_time_map(t, self.factors, self.config.mixed_times)
 
-        ``(value, None)`` when the batch shares one host time, ``(None, times)`` for several,
-        ``(None, None)`` for the device path.
+    def _coefficients_for(self, t: Any, host_time: Any, x: torch.Tensor) -> Coefficients | None:
+        """The coefficients of this call, or None where w == 0 everywhere (known on the host).
+
+        The host path (a number, a CPU tensor, or ``host_time``) looks each distinct time up in
+        the memo; the device path computes them on the device, reading nothing back.
         """
         source = host_time if host_time is not None else t
-        if host_time is None and not (
-            _host_readable(t) or (self.device_time == "read" and not self.constant_weight)
-        ):
-            return None, None
-        if isinstance(source, numbers.Real) and not isinstance(source, bool):
-            return float(source), None
+        device_read = self.config.device_time == "read" and not self.constant_weight
+        if host_time is None and not (_host_readable(t) or device_read):
+            times = as_device_times(t)
+            if times.ndim > 1:
+                times = self._map(times)
+            coeffs = self._compute(times)
+            if self.below_range == "error" and bool(coeffs.below.any()):
+                raise _below_error(times[coeffs.below].flatten()[0].item(), self.factors, self.k)
+            integral = isinstance(self.schedule, DiscreteSchedule) and (
+                self.time_matching == "nearest"
+            )
+            return coeffs._replace(integral=integral)
         times = as_times(source, "host_time" if host_time is not None else "t")
-        flat = times.reshape(-1)
-        if flat.numel() == 1 or bool((flat == flat[0]).all()):
-            return float(flat[0]), None
-        return None, times
+        if times.ndim > 1:
+            times = self._map(times)
+        return self._host(times)
+
+    def _compute(self, times: torch.Tensor) -> Coefficients:
+        """w, τ, c, r, q and ``below`` at model times (float64 maths on the times' device)."""
+        w = weights_at(self.scale, self.eta, self.schedule.time_fraction(times))
+        match = self.schedule.match(times, self.k, self.time_matching)
+        if self.below_range == "skip":
+            w = torch.where(match.below, torch.zeros_like(w), w)
+        c = match.scale if self.config.match_power else torch.ones_like(match.scale)
+        a, s = self.schedule.coefficients(times)
+        r, q = guidance_coefficients(self.prediction, a, s, c, self.k)
+        return Coefficients(w, match.time, c, r, q, match.below, False)
 
     def precompute(self, times: Any) -> None:
         """Compute the guidance's values at these host times (model unit) once, for later calls.
@@ -439,96 +513,51 @@ class UpsampleGuidance:
         self._remember(times)
 
     def _remember(self, times: torch.Tensor) -> None:
-        """Store ``(w, τ, τ integral, c, r, q, below)`` per host time (float64 maths, batched)."""
+        """Store an :class:`Entry` per host time (float64 maths, batched)."""
         if len(self._memo) > 4096:
             self._memo.clear()
-        w = weights_at(self.scale, self.eta, self.schedule.time_fraction(times))
-        match = self.schedule.match(times, self.k, self.time_matching)
-        c = match.scale if self.match_power else torch.ones_like(match.scale)
-        a, s = self.schedule.coefficients(times)
-        r, q = guidance_coefficients(self.prediction, a, s, c, self.k)
-        integral = match.time == match.time.round()
-        rows = zip(
-            times.tolist(), w.tolist(), match.time.tolist(), integral.tolist(), c.tolist(),
-            r.tolist(), q.tolist(), match.below.tolist(), strict=True,
-        )  # fmt: skip
-        for value, *entry in rows:
-            self._memo[value] = tuple(entry)
+        coeffs = self._compute(times)
+        integral = coeffs.tau == coeffs.tau.round()
+        columns = (coeffs.w, coeffs.tau, integral, coeffs.c, coeffs.r, coeffs.q, coeffs.below)
+        for value, *entry in zip(times.tolist(), *(v.tolist() for v in columns), strict=True):
+            self._memo[value] = Entry(*entry)
 
     def skips(self, value: float) -> bool:
         """Whether a call at this host time (model unit) is left unguided (w == 0 there)."""
         if self.never_on:
             return True
-        entry = self._memo.get(value)
-        if entry is None:
+        if value not in self._memo:
             self.precompute([value])
-            entry = self._memo[value]
-        return entry[0] == 0.0 or (entry[6] and self.below_range == "skip")
+        return self._memo[value].w == 0.0
 
-    def _scalar_params(self, value: float, t: Any) -> tuple | None:
-        """``_params`` for a batch that shares one host time, from the per-time memo."""
-        entry = self._memo.get(value)
-        if entry is None:
-            times = torch.tensor([value], dtype=torch.float64)
-            self.schedule.check_times(times)
-            self._remember(times)
-            entry = self._memo[value]
-        w, tau, integral, c, r, q, below = entry
-        if w == 0.0:
-            return None
-        if below and self.below_range == "error":
-            raise ValueError(
-                f"the matched time for t={value!r} falls below the schedule's range (factors "
-                f"{self.factors}, k={self.k}); pass below_range='clamp' or 'skip' to allow it"
-            )
-        if below and self.below_range == "skip":
-            return None
-        if self.time_matching == "off":
-            t_low = t
-        else:
-            t_low = _time_like(torch.tensor(tau, dtype=torch.float64), t, integral)
-        return w, t_low, c, r, q, False
+    def _host(self, times: torch.Tensor) -> Coefficients | None:
+        """The host path: each distinct time's :class:`Entry`, as floats when the batch shares one.
 
-    def _params(self, t: Any, times: torch.Tensor | None) -> tuple | None:
-        """``(w, t_low, c, r, q, mixed)`` for the low call and the kernel, or None if w == 0.
-
-        ``times`` is ``t`` on the host (float64), or None for the device path, where everything
-        is computed from ``t`` on its device. ``mixed`` says whether some elements keep the plain
-        prediction (w == 0 there).
+        None where w == 0 everywhere; a ValueError for a time outside the schedule, or below its
+        range with ``below_range="error"``.
         """
-        on_host = times is not None
-        tt = times if on_host else as_device_times(t)
-        w = weights_at(self.scale, self.eta, self.schedule.time_fraction(tt))
-        if on_host and not bool((w != 0).any()):
+        flat = times.reshape(-1).tolist()
+        distinct = list(dict.fromkeys(flat))
+        missing = [v for v in distinct if v not in self._memo]
+        if missing:
+            new = torch.tensor(missing, dtype=torch.float64)
+            self.schedule.check_times(new)
+            self._remember(new)
+        entries = [self._memo[v] for v in distinct]
+        if all(e.w == 0.0 for e in entries):
             return None
-        match = self.schedule.match(tt, self.k, self.time_matching)
-        if self.below_range == "error" and bool(match.below.any()):
-            first = (times if on_host else tt.cpu())[match.below.cpu()].flatten()[0].item()
-            raise ValueError(
-                f"the matched time for t={first!r} falls below the schedule's range (factors "
-                f"{self.factors}, k={self.k}); pass below_range='clamp' or 'skip' to allow it"
-            )
-        if self.below_range == "skip":
-            w = torch.where(match.below, torch.zeros_like(w), w)
-            if on_host and not bool((w != 0).any()):
-                return None
-        c = match.scale if self.match_power else torch.ones_like(match.scale)
-        a, s = self.schedule.coefficients(tt)
-        r, q = guidance_coefficients(self.prediction, a, s, c, self.k)
-        if self.time_matching == "off":
-            t_low = t
-        else:
-            integral = (
-                bool((match.time == match.time.round()).all())
-                if on_host
-                else isinstance(self.schedule, DiscreteSchedule) and self.time_matching == "nearest"
-            )
-            t_low = _time_like(match.time, t, integral)
-        if not on_host:
-            return w, t_low, c, r, q, not self.constant_weight
-        mixed = bool((w == 0).any())
-        w, c, r, q = (_compact(v) for v in (w, c, r, q))
-        return w, t_low, c, r, q, mixed
+        if self.below_range == "error":
+            for value, e in zip(distinct, entries, strict=True):
+                if e.below:
+                    raise _below_error(value, self.factors, self.k)
+        integral = all(e.integral for e in entries)
+        if len(entries) == 1:
+            e = entries[0]
+            return Coefficients(e.w, e.tau, e.c, e.r, e.q, e.below, integral)
+        rows = torch.tensor([self._memo[v][:6] for v in flat], dtype=torch.float64)
+        cols = (rows[:, i].reshape(times.shape) for i in (0, 1, 3, 4, 5))
+        w, tau, c, r, q = cols
+        return Coefficients(w, tau, c, r, q, False, integral)
 
     def wrap(
         self, model: Callable[..., torch.Tensor], low_res_inputs: LowResInputs | None = None

@@ -1,74 +1,45 @@
-"""The two linear operators of upsample guidance: block-mean downsampling D, nearest upsampling U.
+"""The linear operators of upsample guidance: the area mean D and its upsampling U.
 
-Both act on the trailing ``len(factors)`` axes of a tensor, by integer factors that may differ per
-axis: ``(2, 2)`` for images, ``(2,)`` for sequences, ``(2, 1, 1)`` for video frames only. With
-``k = prod(factors)`` they satisfy ``D(U(y)) == y`` exactly, ``U∘D`` is a projector, and
-``D = Uᵀ / k``.
+Both act on the trailing ``len(factors)`` axes of a tensor, by factors that may differ per axis:
+``(2, 2)`` for images, ``(2,)`` for sequences, ``(2, 1, 1)`` for video frames only, and ratios
+``p/q`` such as ``(3/2, 3/2)`` (:mod:`ug_core.factors`).
+
+- Integer factors: D is the block mean and U nearest upsampling (repetition). With
+  ``k = prod(factors)``, ``D(U(y)) == y`` exactly, ``U∘D`` is a projector and ``D = Uᵀ/k``.
+- A ratio ``p/q``: D is the exact area mean onto the coarser grid (each coarse cell averages the
+  fine cells it covers, weighted by the overlap), and U its natural right inverse
+  ``Dᵀ(DDᵀ)⁻¹``: ``D(U(y)) = y`` and ``U∘D`` is the orthogonal projector onto what D keeps. Blocks
+  of p fine cells map to q coarse ones, so both act on each block alone.
+- :func:`whiten` and :func:`unwhiten`: ``W = (k·DDᵀ)^(-1/2)`` and its inverse. For a ratio,
+  ``D[ε]`` of white noise ε has covariance ``DDᵀ``, which is not ``I/k`` (neighbours that share
+  a fine cell are correlated, and the variance differs between coarse cells); ``W·D[ε]`` is
+  white with variance ``1/k`` exactly, as ``D[ε]`` is for integer factors, where W is the
+  identity (``docs/maths.md``, fractional factors).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
+import functools
 from collections.abc import Sequence
+from fractions import Fraction
 
+import numpy as np
 import torch
 from einops import rearrange, repeat
 
-__all__ = ["normalize_factors", "block_size", "downsample", "upsample", "check_divisible"]
+from .factors import Factor, block_size, check_divisible, format_factors, normalize_factors
+
+__all__ = [
+    "normalize_factors",
+    "block_size",
+    "downsample",
+    "upsample",
+    "whiten",
+    "unwhiten",
+    "check_divisible",
+]
 
 _HALF = (torch.float16, torch.bfloat16)
-
-
-def normalize_factors(factors: int | Sequence[int]) -> tuple[int, ...]:
-    """Validate ``factors`` and return them as a tuple of positive ints (an int means one axis)."""
-    if isinstance(factors, bool) or not isinstance(factors, (numbers.Integral, Sequence)):
-        raise TypeError(
-            f"factors must be an int or a sequence of ints, got {factors!r} "
-            f"({type(factors).__name__})"
-        )
-    seq = (factors,) if isinstance(factors, numbers.Integral) else tuple(factors)
-    if len(seq) == 0:
-        raise ValueError("factors must name at least one axis, got an empty sequence")
-    for f in seq:
-        if isinstance(f, bool) or not isinstance(f, numbers.Integral):
-            raise TypeError(
-                f"factors must be integers >= 1, got {f!r} ({type(f).__name__}) in {factors!r}"
-            )
-        if f < 1:
-            raise ValueError(f"factors must be integers >= 1, got {f!r} in {factors!r}")
-    return tuple(int(f) for f in seq)
-
-
-def block_size(factors: int | Sequence[int]) -> int:
-    """The number k of elements one block-mean averages: the product of the factors."""
-    return math.prod(normalize_factors(factors))
-
-
-def check_divisible(shape: Sequence[int], factors: int | Sequence[int], name: str = "x") -> None:
-    """Raise a ValueError unless each trailing size of ``shape`` is divisible by its factor.
-
-    The one divisibility check of the package: the message names ``name``, the sizes, the
-    factors, and the nearest sizes that the factors divide.
-    """
-    factors = normalize_factors(factors)
-    if len(factors) > len(shape):
-        raise ValueError(
-            f"{len(factors)} factors {factors} given for {name} with only {len(shape)} axes "
-            f"(shape {tuple(shape)}); factors apply to the trailing axes"
-        )
-    trailing = tuple(int(n) for n in shape[len(shape) - len(factors) :])
-    bad = [(n, f) for n, f in zip(trailing, factors, strict=True) if n % f]
-    if bad:
-        what = "sizes" if len(shape) == len(factors) else "trailing sizes"
-        fixes = []
-        for n, f in dict.fromkeys(bad):  # each (size, factor) once
-            near = " or ".join(str(m) for m in (n - n % f, n - n % f + f) if m > 0)
-            fixes.append(f"{n} % {f} = {n % f}: use {near}")
-        raise ValueError(
-            f"{name} has {what} {trailing} that the factors {factors} do not divide "
-            f"({'; '.join(fixes)}); choose sizes that are multiples of the factors"
-        )
 
 
 def _patterns(ndim: int) -> tuple[str, str, str]:
@@ -79,15 +50,17 @@ def _patterns(ndim: int) -> tuple[str, str, str]:
     return low, high, split
 
 
-def downsample(x: torch.Tensor, factors: int | Sequence[int]) -> torch.Tensor:
-    """D: the mean over each block of ``factors`` on the trailing axes (same dtype and device).
+def downsample(x: torch.Tensor, factors: object) -> torch.Tensor:
+    """D: the area mean over the trailing axes by ``factors`` (same dtype and device).
 
-    The mean is taken relative to the first element of each block, so that a constant block
-    averages to its value exactly and ``downsample(upsample(y, f), f)`` is ``y`` bit for bit.
-    Half-precision inputs are averaged in float32.
+    For integer factors, the block mean, taken relative to the first element of each block, so
+    that a constant block averages to its value exactly and ``downsample(upsample(y, f), f)`` is
+    ``y`` bit for bit. Half-precision inputs are averaged in float32.
     """
     factors = normalize_factors(factors)
     check_divisible(x.shape, factors)
+    if not _integral(factors):
+        return _per_axis(x, factors, "down")
     if all(f == 1 for f in factors):
         return x.clone()
     d = len(factors)
@@ -103,14 +76,81 @@ def downsample(x: torch.Tensor, factors: int | Sequence[int]) -> torch.Tensor:
     return mean.reshape(mean.shape[: -2 * d] + tuple(mean.shape[-2 * d :: 2])).to(x.dtype)
 
 
-def upsample(y: torch.Tensor, factors: int | Sequence[int]) -> torch.Tensor:
-    """U: nearest upsampling, repeating each element over a block of ``factors`` (trailing axes)."""
+def upsample(y: torch.Tensor, factors: object) -> torch.Tensor:
+    """U: repetition for integer factors, else D's right inverse ``Dᵀ(DDᵀ)⁻¹`` (trailing axes)."""
     factors = normalize_factors(factors)
     if len(factors) > y.ndim:
         raise ValueError(
-            f"{len(factors)} factors {factors} given for a tensor with only {y.ndim} axes "
-            f"(shape {tuple(y.shape)}); factors apply to the trailing axes"
+            f"{len(factors)} factors {format_factors(factors)} given for a tensor with only "
+            f"{y.ndim} axes (shape {tuple(y.shape)}); factors apply to the trailing axes"
         )
+    if not _integral(factors):
+        q = tuple(Fraction(f).denominator for f in factors)
+        check_divisible(y.shape, q, "the coarse tensor (a factor p/q needs multiples of q)")
+        return _per_axis(y, factors, "up")
     low, high, _ = _patterns(len(factors))
     sizes = {f"f{i}": f for i, f in enumerate(factors)}
     return repeat(y, f"... {low} -> ... {high}", **sizes)
+
+
+def whiten(y: torch.Tensor, factors: object) -> torch.Tensor:
+    """W: makes ``D[ε]`` white with variance 1/k (``(k·DDᵀ)^(-1/2)``); ``y`` itself for integers."""
+    factors = normalize_factors(factors)
+    return y if _integral(factors) else _per_axis(y, factors, "whiten")
+
+
+def unwhiten(y: torch.Tensor, factors: object) -> torch.Tensor:
+    """W⁻¹ = ``(k·DDᵀ)^(1/2)``, the inverse of :func:`whiten`; ``y`` itself for integer factors."""
+    factors = normalize_factors(factors)
+    return y if _integral(factors) else _per_axis(y, factors, "unwhiten")
+
+
+def _integral(factors: Sequence[Factor]) -> bool:
+    """Whether every factor is an integer (the block-mean and repetition paths)."""
+    return all(isinstance(f, int) for f in factors)
+
+
+@functools.lru_cache(maxsize=64)
+def axis_matrices(factor: Factor) -> dict[str, np.ndarray]:
+    """The per-block matrices of one axis with factor p/q, float64: q coarse cells, p fine.
+
+    ``down`` (q×p): the area mean, ``B[i, j] = |fine j ∩ coarse i| / |coarse i|``; ``up`` (p×q):
+    ``Bᵀ(BBᵀ)⁻¹``; ``whiten`` and ``unwhiten`` (q×q): ``(f·BBᵀ)^(∓1/2)`` with ``f = p/q``.
+    """
+    f = Fraction(factor)
+    p, q = f.numerator, f.denominator
+    # In units of 1/q of a fine cell: fine j covers [j·q, (j+1)·q), coarse i covers [i·p, (i+1)·p).
+    down = np.zeros((q, p))
+    for i in range(q):
+        for j in range(p):
+            overlap = min((j + 1) * q, (i + 1) * p) - max(j * q, i * p)
+            down[i, j] = max(overlap, 0) / p
+    gram = down @ down.T
+    up = down.T @ np.linalg.inv(gram)
+    values, vectors = np.linalg.eigh(float(f) * gram)
+    power = {"whiten": -0.5, "unwhiten": 0.5}
+    out = {"down": down, "up": up}
+    for name, e in power.items():
+        out[name] = (vectors * values**e) @ vectors.T
+    return out
+
+
+_SHAPES = {"down": (1, 0), "up": (0, 1), "whiten": (1, 1), "unwhiten": (1, 1)}
+
+
+def _per_axis(x: torch.Tensor, factors: Sequence[Factor], kind: str) -> torch.Tensor:
+    """Apply one of :func:`axis_matrices` on every trailing axis, block by block."""
+    work = torch.float32 if x.dtype in _HALF else x.dtype
+    out = x.to(work)
+    first = x.ndim - len(factors)
+    for axis, f in enumerate(factors, start=first):
+        if f == 1 or (kind in ("whiten", "unwhiten") and isinstance(f, int)):
+            continue
+        matrix = axis_matrices(f)[kind]
+        rows, cols = matrix.shape
+        m = torch.as_tensor(matrix, dtype=work, device=x.device)
+        moved = out.movedim(axis, -1)
+        blocks = moved.reshape(*moved.shape[:-1], moved.shape[-1] // cols, cols)
+        mixed = blocks @ m.T
+        out = mixed.reshape(*moved.shape[:-1], -1).movedim(-1, axis)
+    return out.to(x.dtype)

@@ -19,10 +19,12 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+from .config import TIME_MATCHING
 
 __all__ = [
     "Match",
@@ -34,13 +36,9 @@ __all__ = [
     "as_device_times",
     "times_of",
     "work_dtype",
+    "discrete_time_fraction",
     "TIME_MATCHING",
 ]
-
-#: The time-matching modes: ``"nearest"`` (the paper's appendix A: the nearest schedule entry),
-#: ``"exact"`` (the fractional time whose SNR is exactly k·SNR(t)) and ``"off"`` (τ = t, the
-#: paper's §5.3 ablation; only useful to measure what matching buys).
-TIME_MATCHING = ("nearest", "exact", "off")
 
 _F64 = torch.float64
 
@@ -275,6 +273,28 @@ class DiscreteSchedule:
             tau = t.clone()
         scale = vp_power(self.alpha_bar(t), k).rsqrt()
         return Match(tau, scale, below)
+
+
+def discrete_time_fraction(
+    model: Any, to_timestep: str = "sigma_to_t"
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Sigma → ``model.<to_timestep>(σ)/(N − 1)``: the time fraction of a discrete model.
+
+    ``model`` has a tensor ``sigmas`` (N of them) and a method mapping sigma to its fractional
+    timestep: k-diffusion's ``sigma_to_t``, ComfyUI's ``timestep``. The fraction is 1 at the
+    noisiest timestep, 0 at the cleanest (the paper's t/T). The method runs in the sigmas' own
+    dtype and device (read at each call, so a model moved to another device is followed), and
+    the result is on the input's device and dtype: nothing is read back.
+    """
+    last = len(model.sigmas) - 1
+
+    def fraction(sigma: torch.Tensor) -> torch.Tensor:
+        """The time fraction of each sigma."""
+        ref = model.sigmas
+        t = getattr(model, to_timestep)(sigma.to(device=ref.device, dtype=ref.dtype))
+        return t.to(device=sigma.device, dtype=sigma.dtype) / last
+
+    return fraction
 
 
 class SigmaSchedule:
