@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import UpsampleGuidanceConfig, resolve_config
 from ..guidance import LowResInputs, UpsampleGuidance
 from ..scales import ScaleLike
-from ..schedules import SigmaSchedule
+from ..schedules import SigmaSchedule, discrete_time_fraction
 
 __all__ = [
     "UpsampleGuidedDenoiser",
@@ -78,23 +79,6 @@ def find_discrete_schedule(model: object) -> Any | None:
             return model
         model = getattr(model, "inner_model", None)
     return None
-
-
-def discrete_time_fraction(schedule: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Sigma (float64 tensor) to the time fraction ``sigma_to_t(σ)/(N − 1)`` of a discrete model.
-
-    ``N = len(schedule.sigmas)``; the fraction is 1 at the noisiest timestep, 0 at the cleanest.
-    ``sigma_to_t`` runs in the schedule's own dtype and device, clamping sigmas outside its range.
-    """
-    last = len(schedule.sigmas) - 1
-
-    def fraction(sigma: torch.Tensor) -> torch.Tensor:
-        """Return the time fraction of each sigma, on the sigmas' own device and dtype."""
-        ref = schedule.sigmas
-        t = schedule.sigma_to_t(sigma.to(device=ref.device, dtype=ref.dtype))
-        return t.to(device=sigma.device, dtype=sigma.dtype) / last
-
-    return fraction
 
 
 def _check_sigma_bound(value: object, name: str) -> float | None:
@@ -157,22 +141,21 @@ class UpsampleGuidedDenoiser(nn.Module):
     """A k-diffusion denoiser with upsample guidance: ``guided(x, sigma, **extra_args)``.
 
     - ``inner``: the denoiser trained at the low resolution, ``inner(x, σ, **extra_args) -> x0``.
-    - ``factors``: integer upsampling factors of the trailing axes (``(2, 2)``: ``k = 4``).
-    - ``scale``: θ, a float or a callable of the time fraction (1 = noisiest) returning w.
-    - ``eta``: η; guidance is on while the time fraction is ``>= 1 − η``. The time fraction of σ
-      is ``sigma_to_t(σ)/(N − 1)`` for a discrete model (found on ``inner`` or down its
-      ``inner_model`` chain), else the position of ``log σ`` in ``[log sigma_min,
-      log sigma_max]`` (default EDM's 0.002 to 80); ``fraction`` replaces either mapping.
-    - ``below_range``: where ``σ/√k < sigma_min``, ``"clamp"`` (call at ``sigma_min``),
-      ``"skip"`` (no guidance there) or ``"error"``.
-    - ``time_matching``: ``"exact"`` or ``"nearest"`` (the same in sigma space), ``"off"``
-      (ablation: the low call at σ).
+    - The options: an :class:`~ug_core.UpsampleGuidanceConfig` (``config=``), or its fields as
+      keywords: ``factors`` (default ``(2, 2)``: ``k = 4``; ratios such as 3/2 too), ``scale``
+      (θ, or a callable of the time fraction, 1 = noisiest), ``eta`` (η: on while the time
+      fraction is ``>= 1 − η``), ``below_range`` (where ``σ/√k < sigma_min``: ``"clamp"`` calls
+      at ``sigma_min``, ``"skip"``, ``"error"``), ``time_matching`` (``"exact"`` by default here;
+      ``"nearest"`` is the same in sigma space, ``"off"`` an ablation) and ``device_time``
+      (``"read"`` by default here: one copy of a GPU sigma to the host per call, so steps
+      outside the η window make no low call; k-diffusion's samplers read sigmas on the host
+      every step anyway; ``"compute"`` copies nothing and calls at every step).
+    - The time fraction of σ is ``sigma_to_t(σ)/(N − 1)`` for a discrete model (found on
+      ``inner`` or down its ``inner_model`` chain), else the position of ``log σ`` in
+      ``[log sigma_min, log sigma_max]`` (default EDM's 0.002 to 80); ``fraction`` replaces
+      either mapping.
     - ``low_res_inputs(args, kwargs, factors) -> (args, kwargs)``: adapts resolution-dependent
       extra_args for the low-resolution call.
-    - ``device_time``: a sigma on a GPU is ``"read"`` (default: one copy to the host per call,
-      so steps outside the η window make no low call; k-diffusion's samplers read sigmas on the
-      host every step anyway) or ``"compute"`` (no copy: the guidance is computed on the device
-      and the low call made at every step); see :class:`~ug_core.UpsampleGuidance`.
 
     Attributes: ``inner_model``, ``guidance`` (the core :class:`~ug_core.UpsampleGuidance`), and
     :data:`FORWARDED_ATTRIBUTES` read through from the wrapped model's discrete schedule.
@@ -181,17 +164,15 @@ class UpsampleGuidedDenoiser(nn.Module):
     def __init__(
         self,
         inner: Denoiser,
-        factors: int | tuple[int, ...] = (2, 2),
-        scale: ScaleLike = 1.0,
+        factors: Any = None,
+        scale: ScaleLike | None = None,
         *,
-        eta: float = 1.0,
+        config: UpsampleGuidanceConfig | None = None,
         sigma_min: float | None = None,
         sigma_max: float | None = None,
-        below_range: str = "clamp",
-        time_matching: str = DEFAULT_TIME_MATCHING,
         fraction: Callable[[torch.Tensor], torch.Tensor] | None = None,
         low_res_inputs: LowResInputs | None = None,
-        device_time: str = "read",
+        **options: Any,
     ) -> None:
         super().__init__()
         if not callable(inner):
@@ -204,19 +185,14 @@ class UpsampleGuidedDenoiser(nn.Module):
                 "low_res_inputs must be None or a callable (args, kwargs, factors) -> "
                 f"(args, kwargs), got {type(low_res_inputs).__name__}"
             )
+        if config is None:  # this adapter's defaults for the short form
+            options.setdefault("time_matching", DEFAULT_TIME_MATCHING)
+            options.setdefault("device_time", "read")
+        config = resolve_config(config, factors=factors, scale=scale, **options)
         schedule = _sigma_schedule(inner, sigma_min, sigma_max, fraction)
         self.inner_model = inner
         self.low_res_inputs = low_res_inputs
-        self.guidance = UpsampleGuidance(
-            schedule,
-            factors,
-            scale,
-            prediction="sample",
-            time_matching=time_matching,
-            eta=eta,
-            below_range=below_range,
-            device_time=device_time,
-        )
+        self.guidance = UpsampleGuidance(schedule, prediction="sample", config=config)
 
     __getattr__ = _forwarding_getattr
 

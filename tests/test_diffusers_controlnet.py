@@ -210,10 +210,10 @@ def test_t2i_adapter(multi):
 
 def test_guided_unet_keeps_t2i_adapter_residual_lists():
     """The bare-UNet wrapper: the list the UNet consumes still reaches the low call, pooled."""
-    from ug_core.adapters.diffusers import guided_unet
+    from ug_core.adapters.diffusers import guided_denoiser
 
     unet = tiny_unet()
-    guided = guided_unet(unet, ddim_scheduler(), (2, 2), 1.0)
+    guided = guided_denoiser(unet, ddim_scheduler(), (2, 2), 1.0)
     gen = torch.Generator().manual_seed(0)
     x, embeds = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 4, 32, generator=gen)
     residuals = [torch.randn(2, 16, 16, 16, generator=gen), torch.randn(2, 32, 8, 8, generator=gen)]
@@ -302,7 +302,7 @@ def test_super_resolution_unet_with_learned_variance():
     import math
 
     from diffusers import DDPMScheduler, UNet2DModel
-    from ug_core.adapters.diffusers import guided_unet
+    from ug_core.adapters.diffusers import guided_denoiser
 
     torch.manual_seed(0)
     unet = UNet2DModel(
@@ -316,7 +316,7 @@ def test_super_resolution_unet_with_learned_variance():
         norm_num_groups=8,
     ).eval()
     scheduler = DDPMScheduler(variance_type="learned_range")
-    guided = guided_unet(unet, scheduler, (2, 2), 1.0)
+    guided = guided_denoiser(unet, scheduler, (2, 2), 1.0)
     x = torch.randn(2, 6, 16, 16, generator=torch.Generator().manual_seed(1))
     rec = ForwardRecorder(unet)
     g = guided(x, 400).sample
@@ -332,7 +332,7 @@ def test_super_resolution_unet_with_learned_variance():
     # The same UNet with a fixed-variance scheduler: all six channels are the noisy sample.
     rec.close()
     rec = ForwardRecorder(unet)
-    guided_unet(unet, DDPMScheduler(), (2, 2), 1.0)(x, 400)
+    guided_denoiser(unet, DDPMScheduler(), (2, 2), 1.0)(x, 400)
     assert rec.calls[1][0]["sample"].shape == (2, 6, 8, 8)
     torch.testing.assert_close(
         rec.calls[1][0]["sample"], F.avg_pool2d(x, 2) / math.sqrt(a + (1 - a) / 4)

@@ -180,7 +180,7 @@ def test_learned_variance_guides_the_mean_and_keeps_the_variance():
 @pytest.mark.parametrize("mode", ["low", "high"])
 def test_sdxl_micro_conditioning(mode):
     pipe = tiny_sdxl_pipeline()
-    apply_upsample_guidance(pipe, (2, 3), 1.0, sdxl_micro_conditioning=mode)
+    apply_upsample_guidance(pipe, (2, 3), 1.0, micro_conditioning=mode)
     rec, out = ForwardRecorder(pipe.unet), OutputRecorder(pipe.unet)
     result = pipe(**sdxl_call_kwargs(height=32, width=48, steps=2)).images
     assert torch.isfinite(result).all()
@@ -207,7 +207,7 @@ def test_sdxl_micro_conditioning_changes_the_result():
     results = {}
     for mode in ("low", "high"):
         pipe = tiny_sdxl_pipeline()
-        apply_upsample_guidance(pipe, (2, 2), 1.0, sdxl_micro_conditioning=mode)
+        apply_upsample_guidance(pipe, (2, 2), 1.0, micro_conditioning=mode)
         results[mode] = pipe(**sdxl_call_kwargs(steps=2)).images
     assert not torch.allclose(results["low"], results["high"])
 

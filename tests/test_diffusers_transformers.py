@@ -537,11 +537,12 @@ def test_every_guided_call_gets_its_time_from_the_host(monkeypatch):
 @pytest.mark.parametrize(
     ("name", "bad", "match"),
     [
-        ("sd3", dict(height=68), r"height=68 gives a latent height of 34: the latent height "
-                                 r"\(factor 2 x patch 2\) has sizes \(34,\) .* use 32 or 36"),
+        ("sd3", dict(height=68), r"height=68 gives a latent height of 34; the factor 2 x patch 2 "
+                                 r"needs multiples of 4 .*: use height=64 or 72"),
         ("flux_dev_dynamic_shift", dict(width=68), r"width=68 gives a latent width of 34"),
         ("wan21", dict(num_frames=9), r"num_frames=9 gives 3 latent frames \(a temporal factor "
-                                      r"counts latent frames\): .*\(factor 2\)"),
+                                      r"counts latent frames\); the factor 2 needs multiples of 2"
+                                      r" .*: use num_frames=5 or 13"),
         ("ltx", dict(height=96), r"height=96 gives a latent height of 3"),
         ("cogvideox", dict(width=72), r"width=72 gives a latent width of 9"),
     ],
@@ -558,7 +559,7 @@ def test_a_bad_size_fails_before_any_model_call(name, bad, match):
 
 
 def test_guided_denoiser_wraps_a_bare_transformer_like_the_pipeline():
-    """guided_denoiser (guided_unet is the same) on SD3's transformer in an own loop."""
+    """guided_denoiser on SD3's transformer in an own loop."""
     case = CASES["sd3"]
     pipe = case.build()
     kwargs = case.kwargs(**case.size, steps=3)

@@ -1,4 +1,4 @@
-"""guided_unet: a bare UNet plus scheduler with upsample guidance, for users' own loops."""
+"""guided_denoiser: a bare UNet plus scheduler with upsample guidance, for users' own loops."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from diffusers_models import (
     tiny_sd_pipeline,
 )
 from ug_core.adapters.diffusers import (
-    GuidedUNet,
+    GuidedDenoiser,
     apply_upsample_guidance,
-    guided_unet,
+    guided_denoiser,
     remove_upsample_guidance,
 )
 
@@ -27,8 +27,8 @@ def test_own_loop_equals_the_patched_pipeline():
     kwargs = sd_call_kwargs(steps=steps, cfg=cfg)
     kwargs["latents"] = latents
 
-    guided = guided_unet(pipe.unet, pipe.scheduler, (2, 2), 1.0, eta=0.6)
-    assert isinstance(guided, GuidedUNet)
+    guided = guided_denoiser(pipe.unet, pipe.scheduler, (2, 2), 1.0, eta=0.6)
+    assert isinstance(guided, GuidedDenoiser)
     assert guided.config is pipe.unet.config and guided.dtype == pipe.unet.dtype
     assert "GuidedDenoiser(UNet2DConditionModel" in repr(guided)
     scheduler = pipe.scheduler
@@ -62,9 +62,9 @@ def test_output_types_and_scale_zero():
     pipe = tiny_sd_pipeline()
     x, embeds = torch.randn(2, 4, 16, 16), torch.randn(2, 4, EMBED_DIM)
     plain = pipe.unet(x, 600, encoder_hidden_states=embeds).sample
-    off = guided_unet(pipe.unet, pipe.scheduler, (2, 2), 0.0)
+    off = guided_denoiser(pipe.unet, pipe.scheduler, (2, 2), 0.0)
     assert torch.equal(off(x, 600, encoder_hidden_states=embeds).sample, plain)
-    on = guided_unet(pipe.unet, pipe.scheduler, (2, 2), 1.0)
+    on = guided_denoiser(pipe.unet, pipe.scheduler, (2, 2), 1.0)
     rec = ForwardRecorder(pipe.unet)
     as_tuple = on(x, torch.tensor(600), embeds, return_dict=False)
     assert isinstance(as_tuple, tuple) and len(as_tuple) == 1
@@ -75,7 +75,7 @@ def test_output_types_and_scale_zero():
 
 def test_video_unet_temporal():
     pipe = tiny_animatediff_pipeline()
-    guided = guided_unet(pipe.unet, pipe.scheduler, (2, 1, 1), 1.0)
+    guided = guided_denoiser(pipe.unet, pipe.scheduler, (2, 1, 1), 1.0)
     rec = ForwardRecorder(pipe.unet)
     x = torch.randn(1, 4, 4, 8, 8)
     embeds = sd_embeds()[0].repeat_interleave(4, dim=0)  # one row per frame, as AnimateDiff
@@ -89,8 +89,8 @@ def test_video_unet_temporal():
 def test_wrapper_errors():
     pipe = tiny_sd_pipeline()
     with pytest.raises(TypeError, match="denoiser must be a torch.nn.Module"):
-        guided_unet(lambda x, t: x, pipe.scheduler)
-    guided = guided_unet(pipe.unet, pipe.scheduler, (2, 2), 1.0)
+        guided_denoiser(lambda x, t: x, pipe.scheduler)
+    guided = guided_denoiser(pipe.unet, pipe.scheduler, (2, 2), 1.0)
     rec = ForwardRecorder(pipe.unet)
     with pytest.raises(
         ValueError,

@@ -662,7 +662,7 @@ def test_import_does_not_import_k_diffusion():
         ({"time_matching": "closest"}, ValueError, "time_matching must be one of .*'closest'"),
         ({"eta": 1.5}, ValueError, "eta must lie in"),
         ({"scale": "1"}, TypeError, "scale must be a real number or a callable"),
-        ({"factors": (2, 0)}, ValueError, "factors must be integers >= 1"),
+        ({"factors": (2, 0)}, ValueError, r"factors \(2, 0\): each entry must be a number >= 1"),
         ({"fraction": 3}, TypeError, "fraction must be callable"),
     ],
     ids=lambda v: str(v) if isinstance(v, dict) else None,

@@ -110,13 +110,10 @@ def parse_factors(value: object, name: str = "factors") -> tuple[Factor, ...]:
                 f"{name} must be F (both sides), HxW or FxHxW with entries that are {_ALLOWED}, "
                 f"got {value!r}"
             )
-        entries: object = parts
-    elif isinstance(value, numbers.Real):
-        entries = [value]
+        factors = tuple(as_factor(p, f"{name} {value!r}: each entry") for p in parts)
     else:
-        entries = value
-    factors = normalize_factors(entries, name)
-    if len(factors) == 1:
+        factors = normalize_factors(value, name)
+    if len(factors) == 1 and isinstance(value, (str, numbers.Real)):  # both spatial axes
         return factors * 2
     if len(factors) not in (2, 3):
         raise ValueError(

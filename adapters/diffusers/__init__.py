@@ -11,31 +11,35 @@
 ``pipe.unet`` or ``pipe.transformer`` (and Wan 2.2's ``pipe.transformer_2``) is hooked; each
 supported family of denoisers has a small translator in :mod:`.families` (see
 :func:`supported_classes`), and the shared plumbing is in :mod:`.hooks`. For a bare denoiser and
-scheduler in your own loop, use :func:`guided_denoiser` (``guided_unet`` is the same). How and
-why: ``docs/design.md``. Importing this package imports no diffusers.
+scheduler in your own loop, use :func:`guided_denoiser`. The options are an
+:class:`~ug_core.UpsampleGuidanceConfig` (``config=``) or its fields as keyword arguments. How
+and why: ``docs/design.md``. Importing this package imports no diffusers.
 """
 
 from __future__ import annotations
 
-import inspect
-import warnings
 import weakref
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from ...branch import BranchParallel
+from ...config import UpsampleGuidanceConfig, resolve_config
+from ...factors import parse_factors
 from ...scales import ScaleLike
 from .families import FAMILIES, MICRO_CONDITIONING, Family, family_of, supported_classes
 from .hooks import (
-    Application,
     HostTimeWarning,
-    Options,
+    Session,
     attach,
     base_module,
+    bind_arguments,
+    consumed_copies,
     detach,
+    hooks_bypassed,
+    restore_consumed,
     state_of,
+    unhooked_caller,
     unwrap_pipeline,
     wrap_pipeline,
 )
@@ -44,13 +48,10 @@ __all__ = [
     "DENOISERS",
     "FAMILIES",
     "MICRO_CONDITIONING",
-    "SDXL_MICRO_CONDITIONING",
     "GuidedDenoiser",
-    "GuidedUNet",
     "HostTimeWarning",
     "apply_upsample_guidance",
     "guided_denoiser",
-    "guided_unet",
     "is_upsample_guided",
     "remove_upsample_guidance",
     "supported_classes",
@@ -58,9 +59,6 @@ __all__ = [
 
 #: The pipeline attributes that hold denoisers (all that are present are guided).
 DENOISERS = ("unet", "transformer", "transformer_2")
-
-#: The old name of :data:`MICRO_CONDITIONING`.
-SDXL_MICRO_CONDITIONING = MICRO_CONDITIONING
 
 
 def _denoisers(pipe: Any) -> list[tuple[str, torch.nn.Module]]:
@@ -72,50 +70,39 @@ def _denoisers(pipe: Any) -> list[tuple[str, torch.nn.Module]]:
     ]
 
 
-def _micro(micro_conditioning: str, sdxl_micro_conditioning: str | None) -> str:
-    """The micro-conditioning option, accepting its old name."""
-    if sdxl_micro_conditioning is None:
-        return micro_conditioning
-    warnings.warn(
-        "sdxl_micro_conditioning is now micro_conditioning", DeprecationWarning, stacklevel=3
-    )
-    if sdxl_micro_conditioning not in MICRO_CONDITIONING:
-        raise ValueError(
-            f"sdxl_micro_conditioning must be one of {MICRO_CONDITIONING}, got "
-            f"{sdxl_micro_conditioning!r}"
-        )
-    return sdxl_micro_conditioning
+def _config(config: UpsampleGuidanceConfig | None, factors: Any, **options: Any) -> Any:
+    """The config of a diffusers entry point; factors in the pipeline's form (2 or 3 entries)."""
+    if factors is not None:
+        factors = parse_factors(factors)
+    return resolve_config(config, factors=factors, **options)
 
 
 def apply_upsample_guidance(
     pipe: Any,
-    factors: Sequence[int] = (2, 2),
-    scale: ScaleLike = 1.0,
+    factors: Any = None,
+    scale: ScaleLike | None = None,
     *,
-    eta: float = 1.0,
-    time_matching: str = "nearest",
-    below_range: str = "clamp",
-    micro_conditioning: str = "low",
-    sdxl_micro_conditioning: str | None = None,
+    config: UpsampleGuidanceConfig | None = None,
     branch_parallel: Any = None,
+    **options: Any,
 ) -> Any:
     """Turn a diffusers pipeline into an upsample-guided one; returns ``pipe``.
 
-    ``factors`` are the upsampling factors of the latent grid: ``(fh, fw)`` for images, and for
-    video ``(ff, fh, fw)`` on (frames, height, width) or ``(fh, fw)`` for space only; a temporal
-    factor counts latent frames. Then call the pipeline at the larger size. ``scale`` is θ (a
-    float, or a callable of the time fraction, 1 = noisiest), ``eta`` the paper's η (on during
-    the noisiest ``eta`` of the time axis), ``time_matching`` and ``below_range`` as in
-    :class:`ug_core.UpsampleGuidance`. ``micro_conditioning`` is ``"low"`` (default: the low call's
-    size conditioning, SDXL's time ids or PixArt-α's resolution, describes the low-resolution
-    image) or ``"high"`` (keep the high-resolution values); ``sdxl_micro_conditioning`` is its
-    old name.
+    ``factors`` (default ``(2, 2)``) are the upsampling factors of the latent grid: ``(fh, fw)``
+    for images, and for video ``(ff, fh, fw)`` on (frames, height, width) or ``(fh, fw)`` for
+    space only; one number means both spatial axes, and ratios such as ``1.5`` or ``'3/2'`` are
+    fractional factors; a temporal factor counts latent frames. Then call the pipeline at the
+    larger size. ``scale`` is θ (default 1; a float, or a callable of the time fraction, 1 =
+    noisiest); the other options (``eta``, ``time_matching``, ``below_range``,
+    ``micro_conditioning``, ...) are the fields of :class:`~ug_core.UpsampleGuidanceConfig`,
+    given as keywords or as ``config=``. ``micro_conditioning="low"`` (default) makes the low
+    call's size conditioning (SDXL's time ids, PixArt-α's resolution) describe the low image.
 
     The guidance runs while this pipeline samples (its progress bar is running): the same
     denoiser called by another pipeline or directly is not changed. Applying again replaces the
     previous application; :func:`remove_upsample_guidance` undoes it bit for bit, and
-    ``scale=0`` leaves every output bit-identical to the plain pipeline's.
-    ``branch_parallel`` (a ``torch.distributed`` group of two processes, or a
+    ``scale=0`` or ``eta=0`` leaves every output bit-identical to the plain pipeline's, at any
+    size. ``branch_parallel`` (a ``torch.distributed`` group of two processes, or a
     :class:`ug_core.branch.BranchParallel`) makes the low-resolution call on the other process:
     both processes apply it to the same pipeline and call it with the same arguments; rank 0 of
     the group makes the high calls, rank 1 the low ones, and both return the guided result.
@@ -124,7 +111,8 @@ def apply_upsample_guidance(
 
     Raises a TypeError for a pipeline without a supported denoiser (the error lists the
     families) and a ValueError for invalid options; a size the factors (times the patch size)
-    don't divide raises a ValueError when the pipeline is called, before any model runs.
+    don't map to a whole trained size raises a ValueError when the pipeline is called, before
+    any model runs, with the nearest sizes that work in pixels.
     """
     denoisers = _denoisers(pipe)
     if not denoisers:
@@ -142,44 +130,37 @@ def apply_upsample_guidance(
         pipe_ref = weakref.ref(pipe)
     except TypeError as err:
         raise TypeError(f"pipe must be a diffusers pipeline, got {type(pipe).__name__}") from err
-    options = Options.check(
-        factors,
-        scale,
-        eta,
-        time_matching,
-        below_range,
-        _micro(micro_conditioning, sdxl_micro_conditioning),
-    )
+    config = _config(config, factors, scale=scale, **options)
     branch = branch_parallel
     if branch is not None and not isinstance(branch, BranchParallel):
         branch = BranchParallel(branch)
-    app = Application(pipe, lambda: pipe_ref().scheduler, options, branch)
+    session = Session(pipe, lambda: pipe_ref().scheduler, config, branch)
     for attr, module in denoisers:  # validates every option before anything is replaced
-        app.add_module(module, attr)
+        session.add_denoiser(module, attr)
     remove_upsample_guidance(pipe)
     for _, module in denoisers:
-        attach(app, module)
-    wrap_pipeline(app, pipe)
+        attach(session, module)
+    wrap_pipeline(session, pipe)
     return pipe
 
 
-def _applications(pipe: Any) -> list[Application]:
-    """The applications made to this pipeline, found on its denoisers."""
-    found: list[Application] = []
+def _sessions(pipe: Any) -> list[Session]:
+    """The sessions made for this pipeline, found on its denoisers."""
+    found: list[Session] = []
     for _, module in _denoisers(pipe):
         state = state_of(module)
-        for app in state.apps if state is not None else ():
-            if app.pipeline() is pipe and app not in found:
-                found.append(app)
+        for session in state.sessions if state is not None else ():
+            if session.pipeline() is pipe and session not in found:
+                found.append(session)
     return found
 
 
 def remove_upsample_guidance(pipe: Any) -> Any:
     """Undo :func:`apply_upsample_guidance` (a no-op if it was not applied); returns ``pipe``."""
-    for app in _applications(pipe):
-        for module, _, _ in list(app.modules.values()):
-            detach(app, module)
-        unwrap_pipeline(app, pipe)
+    for session in _sessions(pipe):
+        for module, _, _ in list(session.denoisers.values()):
+            detach(session, module)
+        unwrap_pipeline(session, pipe)
     return pipe
 
 
@@ -187,8 +168,8 @@ def is_upsample_guided(pipe_or_module: Any) -> bool:
     """Whether upsample guidance is applied to this pipeline, or through this denoiser."""
     if isinstance(pipe_or_module, torch.nn.Module):
         state = state_of(base_module(pipe_or_module))
-        return state is not None and bool(state.apps)
-    return bool(_applications(pipe_or_module))
+        return state is not None and bool(state.sessions)
+    return bool(_sessions(pipe_or_module))
 
 
 class GuidedDenoiser:
@@ -214,14 +195,11 @@ class GuidedDenoiser:
         self,
         denoiser: torch.nn.Module,
         scheduler: Any,
-        factors: Sequence[int] = (2, 2),
-        scale: ScaleLike = 1.0,
+        factors: Any = None,
+        scale: ScaleLike | None = None,
         *,
-        eta: float = 1.0,
-        time_matching: str = "nearest",
-        below_range: str = "clamp",
-        micro_conditioning: str = "low",
-        sdxl_micro_conditioning: str | None = None,
+        config: UpsampleGuidanceConfig | None = None,
+        **options: Any,
     ) -> None:
         if not isinstance(denoiser, torch.nn.Module):
             raise TypeError(
@@ -230,25 +208,9 @@ class GuidedDenoiser:
             )
         self.denoiser = denoiser
         self.scheduler = scheduler
-        options = Options.check(
-            factors,
-            scale,
-            eta,
-            time_matching,
-            below_range,
-            _micro(micro_conditioning, sdxl_micro_conditioning),
-        )
-        self.app = Application(None, lambda: self.scheduler, options)
-        self.family: Family = self.app.add_module(base_module(denoiser), None)
-        params = list(inspect.signature(type(base_module(denoiser)).forward).parameters.values())
-        self._positional = tuple(
-            p.name for p in params[1:] if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        )
-
-    @property
-    def unet(self) -> torch.nn.Module:
-        """The wrapped denoiser (the old name)."""
-        return self.denoiser
+        config = _config(config, factors, scale=scale, **options)
+        self.session = Session(None, lambda: self.scheduler, config)
+        self.family: Family = self.session.add_denoiser(base_module(denoiser), None)
 
     @property
     def config(self) -> Any:
@@ -267,50 +229,23 @@ class GuidedDenoiser:
 
     def __repr__(self) -> str:
         module = base_module(self.denoiser)
-        guide = self.app.guidance(module, self.family, self.app.options.grid_factors(self.family))
+        guide = self.session.guidance(module, self.family)
         return f"GuidedDenoiser({type(module).__name__}, {guide!r})"
-
-    def _run(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the denoiser with the hooks of any pipeline application bypassed."""
-        state = state_of(base_module(self.denoiser))
-        if state is not None:
-            state.low_depth += 1
-        try:
-            return self.denoiser(*args, **kwargs)
-        finally:
-            if state is not None:
-                state.low_depth -= 1
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """The guided call: the denoiser's output with the upsample-guidance term added."""
         module = base_module(self.denoiser)
-        if len(args) > len(self._positional):
-            raise TypeError(
-                f"the denoiser takes at most {len(self._positional)} positional arguments, got "
-                f"{len(args)}"
-            )
-        named = dict(zip(self._positional, args, strict=False))
-        named.update(kwargs)
-        app, family = self.app, self.family
-        plan = app.plan(module, named)
-        if plan is None:
-            return self._run(*args, **kwargs)
-        # The UNet consumes residual lists (T2I-Adapter's are popped): keep them as given.
-        kept = {n: list(v) for n in family.consumed_lists if isinstance(v := named.get(n), list)}
-        output = self._run(*args, **kwargs)
-        named.update(kept)
-
-        def low_call(**kw: Any) -> Any:
-            """The low-resolution call."""
-            return self._run(**kw, return_dict=False)
-
-        guided = app.guided_output(module, named, output, low_call, plan)
-        return output if guided is None else guided
+        named = bind_arguments(module, args, kwargs)
+        guided = self.session.guided_call(module, named)
+        consumed = consumed_copies(self.family, named) if guided is not None else {}
+        with hooks_bypassed(module):  # a pipeline's application of the same denoiser: not here
+            output = self.denoiser(*args, **kwargs)
+        if guided is None:
+            return output
+        restore_consumed(named, consumed)
+        return guided.output(output, unhooked_caller(module, self.denoiser))
 
 
 #: ``guided_denoiser(denoiser, scheduler, factors, scale, eta=...)`` builds a
-#: :class:`GuidedDenoiser`; ``guided_unet`` and ``GuidedUNet`` are its old names (they wrap any
-#: supported denoiser, a transformer too).
+#: :class:`GuidedDenoiser`.
 guided_denoiser = GuidedDenoiser
-guided_unet = GuidedDenoiser
-GuidedUNet = GuidedDenoiser

@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import torch
 from einops import rearrange
 
-from ...operators import check_divisible, downsample
+from ...config import MICRO_CONDITIONING
+from ...factors import check_divisible, low_sizes
+from ...operators import downsample
 from ...schedules import DiscreteSchedule, FlowSchedule, Schedule
 
 __all__ = ["Family", "FAMILIES", "family_of", "supported_classes", "MICRO_CONDITIONING"]
 
-#: ``micro_conditioning`` values: ``"low"`` (the low-resolution call's size conditioning describes
-#: the low-resolution image it sees; default) or ``"high"`` (it gets the high-resolution values).
-MICRO_CONDITIONING = ("low", "high")
 
 #: UNet arguments holding ControlNet / T2I-Adapter residuals (grids, pooled for the low call).
 UNET_RESIDUALS = (
@@ -43,11 +43,12 @@ class Call:
     """One denoiser call as the translators see it: its arguments by name and its grid.
 
     ``named`` maps every argument the call received to its value. ``grid`` is the sample's grid
-    size (``(H, W)`` or ``(F, H, W)``, host ints), ``batch`` its batch size, and ``request`` the
-    pipeline's requested ``height``/``width``/``num_frames`` in pixels when known.
+    size (``(H, W)`` or ``(F, H, W)``, host ints) and ``low_grid`` that of the low-resolution
+    call, ``batch`` its batch size, and ``request`` the pipeline's requested
+    ``height``/``width``/``num_frames`` in pixels when known.
     """
 
-    __slots__ = ("named", "grid", "batch", "request", "pipe", "module")
+    __slots__ = ("named", "grid", "low_grid", "batch", "request", "pipe", "module")
 
     def __init__(self, named: dict, pipe: Any, module: torch.nn.Module, request: dict) -> None:
         self.named = named
@@ -55,6 +56,7 @@ class Call:
         self.module = module
         self.request = request
         self.grid: tuple[int, ...] = ()
+        self.low_grid: tuple[int, ...] = ()
         self.batch = 0
 
 
@@ -221,20 +223,38 @@ class Family:
                 low.get(name), lambda r, n=name: pool_tokens(r, n, patch_grid, factors)
             )
 
-    def request_latents(self, pipe: Any, sizes: dict) -> dict[str, int]:
-        """The latent grid a pipeline call will sample for a pixel request (None: unknown)."""
-        out: dict[str, int] = {}
+    latent_multiple = 1
+    """The pipeline rounds latent sizes down to multiples of this (Flux-style packing: 2)."""
+
+    def request_latents(self, pipe: Any, sizes: dict) -> dict[str, tuple[int, Any]]:
+        """The latent grid a pipeline call will sample for a pixel request, axis by axis.
+
+        Each axis maps to ``(latent size, latent size → pixels)``: the size as the pipeline
+        rounds it, and the pixel (or frame) count that samples a given latent size.
+        """
         spatial = _first_attr(
             pipe, ("vae_scale_factor_spatial", "vae_spatial_scale_factor", "vae_scale_factor")
         )
-        for axis in ("height", "width"):
-            if sizes.get(axis) is not None and spatial:
-                out[axis] = int(sizes[axis]) // int(spatial)
-        frames = sizes.get("num_frames")
-        if self.video and frames is not None:
-            temporal = _first_attr(pipe, ("vae_scale_factor_temporal", "vae_temporal_scale_factor"))
-            out["frames"] = (int(frames) - 1) // int(temporal) + 1 if temporal else int(frames)
-        return out
+        temporal = _first_attr(pipe, ("vae_scale_factor_temporal", "vae_temporal_scale_factor"))
+        return _latents(sizes, spatial, temporal if self.video else None, self.latent_multiple)
+
+
+def _latents(
+    sizes: dict, spatial: Any, temporal: Any, multiple: int = 1, frames_as_is: bool = False
+) -> dict[str, tuple[int, Any]]:
+    """Latent sizes of a pixel request: ``m·(pixels // (m·spatial))``, ``(F − 1)//t + 1``."""
+    out: dict[str, tuple[int, Any]] = {}
+    for axis in ("height", "width"):
+        if sizes.get(axis) is not None and spatial:
+            s, m = int(spatial), multiple
+            out[axis] = (m * (int(sizes[axis]) // (m * s)), lambda n, s=s: n * s)
+    frames = sizes.get("num_frames")
+    if frames is not None and frames_as_is:
+        out["frames"] = (int(frames), lambda n: n)
+    elif frames is not None and temporal:
+        t = int(temporal)
+        out["frames"] = ((int(frames) - 1) // t + 1, lambda n, t=t: (n - 1) * t + 1)
+    return out
 
 
 def _first_attr(obj: Any, names: Sequence[str]) -> Any:
@@ -277,7 +297,7 @@ def _pool_frames(r: torch.Tensor, name: str, batch: int, frames: int, factors: t
     return low.reshape(batch * low.shape[1], *low.shape[2:])
 
 
-def _low_time_ids(time_ids: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
+def _low_time_ids(time_ids: torch.Tensor, fh: Any, fw: Any) -> torch.Tensor:
     """SDXL time ids with their pixel sizes divided by the spatial factors.
 
     SDXL: ``(orig_h, orig_w, crop_top, crop_left, target_h, target_w)``; the refiner's
@@ -292,7 +312,8 @@ def _low_time_ids(time_ids: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
             "to keep them unchanged"
         )
     sizes = 4 if time_ids.shape[1] == 5 else 6
-    divisor = torch.tensor([fh, fw] * 3, dtype=torch.float32)[:sizes].to(time_ids.device)
+    divisor = torch.tensor([float(fh), float(fw)] * 3, dtype=torch.float32)[:sizes]
+    divisor = divisor.to(time_ids.device)
     low = time_ids.clone()
     low[:, :sizes] = (time_ids[:, :sizes].float() / divisor).to(time_ids.dtype)
     return low
@@ -334,16 +355,10 @@ class UNet(Family):
                 "time_ids": _low_time_ids(added["time_ids"], *factors[-2:]),
             }
 
-    def request_latents(self, pipe: Any, sizes: dict) -> dict[str, int]:
+    def request_latents(self, pipe: Any, sizes: dict) -> dict[str, tuple[int, Any]]:
         """Latent height/width = pixels / vae_scale_factor; AnimateDiff frames are frames."""
-        out = {}
         scale = getattr(pipe, "vae_scale_factor", None)
-        for axis in ("height", "width"):
-            if sizes.get(axis) is not None and scale:
-                out[axis] = int(sizes[axis]) // int(scale)
-        if self.video and sizes.get("num_frames") is not None:
-            out["frames"] = int(sizes["num_frames"])
-        return out
+        return _latents(sizes, scale, None, frames_as_is=self.video)
 
 
 class VideoUNet(UNet):
@@ -384,6 +399,7 @@ class Flux(Family):
 
     name = "Flux"
     classes = ("FluxTransformer2DModel", "ChromaTransformer2DModel")
+    latent_multiple = 2
     token_residuals = ("controlnet_block_samples", "controlnet_single_block_samples")
 
     def time_unit(self, module: torch.nn.Module) -> float:
@@ -448,17 +464,36 @@ def _grid_from_ids(ids: Any, tokens: int) -> tuple[int, int]:
     return (2 * hp, 2 * wp)
 
 
-def _low_ids(ids: torch.Tensor, patch_grid: tuple[int, int], factors: tuple[int, ...]) -> Any:
-    """Row-major position ids ``([B,] N, C)`` of a patch grid, strided, positions divided.
+def _low_index(n_low: int, factor: Any, device: torch.device) -> torch.Tensor:
+    """The high-resolution position of each low-resolution one: ``floor(i·f)`` (``::f``)."""
+    f = Fraction(factor)
+    return torch.arange(n_low, device=device) * f.numerator // f.denominator
 
-    Rows and columns are channels 1 and 2 (Flux's (0, row, col), Flux 2's (t, row, col, l)):
-    for 0-based ids these are exactly the ids native low-resolution sampling builds.
+
+def _low_ids(ids: torch.Tensor, patch_grid: tuple[int, int], factors: tuple[Any, ...]) -> Any:
+    """Row-major position ids ``([B,] N, C)`` of a patch grid, at the low grid's positions.
+
+    Rows and columns are channels 1 and 2 (Flux's (0, row, col), Flux 2's (t, row, col, l)).
+    Integer factors: the ids strided and divided, for 0-based ids exactly those native
+    low-resolution sampling builds; a ratio: the low grid's rows and columns counted from the
+    first one's position divided by the factor.
     """
     hp, wp = patch_grid
     fh, fw = factors[-2:]
-    grid = ids.reshape(*ids.shape[:-2], hp, wp, ids.shape[-1])[..., ::fh, ::fw, :].clone()
-    grid[..., 1] = torch.div(grid[..., 1], fh, rounding_mode="floor")
-    grid[..., 2] = torch.div(grid[..., 2], fw, rounding_mode="floor")
+    (lh, lw) = low_sizes((hp, wp), (fh, fw))
+    grid = ids.reshape(*ids.shape[:-2], hp, wp, ids.shape[-1])
+    rows, cols = _low_index(lh, fh, ids.device), _low_index(lw, fw, ids.device)
+    grid = grid.index_select(-3, rows).index_select(-2, cols).clone()
+    for channel, f, n, axis in ((1, fh, lh, -3), (2, fw, lw, -2)):
+        r = Fraction(f)
+        scaled = torch.div(grid[..., channel] * r.denominator, r.numerator, rounding_mode="floor")
+        if r.denominator == 1:
+            grid[..., channel] = scaled
+        else:
+            start = scaled.narrow(axis + 1, 0, 1)  # the first row (column) of the low grid
+            shape = (n, 1) if axis == -3 else (n,)
+            step = torch.arange(n, device=ids.device, dtype=ids.dtype).reshape(shape)
+            grid[..., channel] = start + step
     return grid.reshape(*ids.shape[:-2], -1, ids.shape[-1])
 
 
@@ -474,7 +509,10 @@ def _low_image_mask(mask: torch.Tensor, patch_grid: tuple[int, int], factors: tu
             "tokens); other masks are not supported"
         )
     text, image = mask[:, :-tokens], mask[:, -tokens:]
-    low = image.reshape(mask.shape[0], *patch_grid)[:, :: factors[-2], :: factors[-1]]
+    (lh, lw) = low_sizes(patch_grid, factors[-2:])
+    low = image.reshape(mask.shape[0], *patch_grid)
+    rows, cols = _low_index(lh, factors[-2], mask.device), _low_index(lw, factors[-1], mask.device)
+    low = low.index_select(1, rows).index_select(2, cols)
     return torch.cat([text, low.reshape(mask.shape[0], -1)], dim=1)
 
 
@@ -527,7 +565,7 @@ class QwenImage(Flux):
     def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
         """``img_shapes`` of the low grid; ControlNet tokens pooled."""
         Family.low_inputs(self, low, call, factors, micro)
-        rows, cols = call.grid[0] // 2 // factors[-2], call.grid[1] // 2 // factors[-1]
+        rows, cols = call.low_grid[0] // 2, call.low_grid[1] // 2
         low["img_shapes"] = [[(1, rows, cols)] for _ in low["img_shapes"]]
 
 
@@ -551,11 +589,12 @@ class PixArt(Family):
         out = dict(added)
         resolution = added.get("resolution")
         if isinstance(resolution, torch.Tensor):
-            divisor = torch.tensor([fh, fw], dtype=torch.float32).to(resolution.device)
+            divisor = torch.tensor([float(fh), float(fw)], dtype=torch.float32)
+            divisor = divisor.to(resolution.device)
             out["resolution"] = (resolution.float() / divisor).to(resolution.dtype)
         ratio = added.get("aspect_ratio")
         if isinstance(ratio, torch.Tensor) and fh != fw:
-            out["aspect_ratio"] = ratio * (fw / fh)
+            out["aspect_ratio"] = ratio * float(fw / fh)
         low["added_cond_kwargs"] = out
 
 
@@ -600,6 +639,7 @@ class Lumina2(Family):
 
     name = "Lumina 2"
     classes = ("Lumina2Transformer2DModel",)
+    latent_multiple = 2
     output_sign = -1.0
 
     def schedule(self, scheduler: Any, module: torch.nn.Module) -> tuple[Schedule, str]:
@@ -714,7 +754,7 @@ class CogVideoX(Family):
         """Rotary embeddings of the low grid."""
         if low.get("image_rotary_emb") is None:
             return
-        frames, height, width = (n // f for n, f in zip(call.grid, factors, strict=True))
+        frames, height, width = call.low_grid
         low["image_rotary_emb"] = _cogvideox_rope(call, frames, height, width)
 
 
@@ -783,20 +823,14 @@ class LTXVideo(Family):
 
     def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
         """The low grid's num_frames, height and width."""
-        for name, n, f in zip(("num_frames", "height", "width"), call.grid, factors, strict=True):
-            low[name] = n // f
+        for name, n in zip(("num_frames", "height", "width"), call.low_grid, strict=True):
+            low[name] = n
 
-    def request_latents(self, pipe: Any, sizes: dict) -> dict[str, int]:
+    def request_latents(self, pipe: Any, sizes: dict) -> dict[str, tuple[int, Any]]:
         """LTX's compression ratios: latent frames ``(F − 1)/r_t + 1``."""
-        out = {}
         spatial = getattr(pipe, "vae_spatial_compression_ratio", None)
         temporal = getattr(pipe, "vae_temporal_compression_ratio", None)
-        for axis in ("height", "width"):
-            if sizes.get(axis) is not None and spatial:
-                out[axis] = int(sizes[axis]) // int(spatial)
-        if sizes.get("num_frames") is not None and temporal:
-            out["frames"] = (int(sizes["num_frames"]) - 1) // int(temporal) + 1
-        return out
+        return _latents(sizes, spatial, temporal)
 
 
 #: Every supported family, in the order they are matched.

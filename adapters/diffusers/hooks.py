@@ -1,11 +1,13 @@
-"""What every family shares: the hooks, the activation, the host clock, the one low call.
+"""What every family shares: the hooks, the pipeline session, the host clock, the guided call.
 
 - :class:`HookState` lives on the hooked module (``module._upsample_guidance``), as diffusers'
-  own hooks keep theirs: the hook handles and the applications made through this module.
-- :class:`Application` is one application of UG to one pipeline (or one bare wrapper): its
-  options, the family's translator, the scheduler it reads times from, and the pipeline methods
-  it wrapped. It guides only while its pipeline is sampling (between the start and the end of
-  the pipeline's progress bar), so a pipeline sharing the module is never changed by it.
+  own hooks keep theirs: the hook handles and the sessions made through this module.
+- :class:`Session` is one application of UG to one pipeline (or one bare wrapper): its options,
+  its denoisers and their families, the scheduler it reads times from, and the pipeline
+  attributes it replaced. It guides only while its pipeline is sampling (between the start and
+  the end of the pipeline's progress bar), so a pipeline sharing the module is never changed.
+- :class:`GuidedCall` is one guided denoiser call: its plan (family, grid, the core's prepared
+  guidance), the low-resolution call and the guided output.
 - :class:`SchedulerClock` tells the time of a call on the host without reading the time tensor:
   from the scheduler's own timesteps (copied to the host once per ``set_timesteps``, before the
   loop) and the index of the current step.
@@ -13,29 +15,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import itertools
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from fractions import Fraction
 from typing import Any, NamedTuple
 
 import torch
 
-from ...branch import BranchParallel
+from ...branch import BranchParallel, Local
+from ...config import UpsampleGuidanceConfig
+from ...factors import check_divisible, low_sizes
 from ...guidance import Prepared, UpsampleGuidance
-from ...operators import check_divisible, downsample, normalize_factors
-from ...scales import ScaleLike
-from .families import MICRO_CONDITIONING, Call, Family, family_of
+from ...operators import downsample
+from .families import Call, Family, family_of
 
-__all__ = ["HookState", "Application", "SchedulerClock", "HostTimeWarning", "STATE"]
+__all__ = ["HookState", "Session", "GuidedCall", "SchedulerClock", "HostTimeWarning", "STATE"]
 
 #: The attribute of a hooked module that holds its :class:`HookState`.
 STATE = "_upsample_guidance"
 
-_stamps = itertools.count(1)
+_start_order = itertools.count(1)
 
 
 class HostTimeWarning(UserWarning):
@@ -109,74 +114,85 @@ def _signed(x: torch.Tensor, sign: float) -> torch.Tensor:
     return x if sign == 1.0 else sign * x
 
 
-class Plan(NamedTuple):
-    """A guided call before it runs: its family, grid, core guidance and prepared values."""
+@functools.lru_cache(maxsize=64)
+def _positional(cls: type) -> tuple[str, ...]:
+    """The names of a module class's ``forward`` parameters that may be passed by position."""
+    params = list(inspect.signature(cls.forward).parameters.values())[1:]
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
+
+def bind_arguments(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A denoiser call's arguments by name (positional ones matched to its ``forward``)."""
+    names = _positional(type(module))
+    if len(args) > len(names):
+        raise TypeError(
+            f"the denoiser was called with {len(args)} positional arguments; its forward takes "
+            f"at most {len(names)}"
+        )
+    named = dict(zip(names, args, strict=False))
+    named.update(kwargs)
+    return named
+
+
+@contextlib.contextmanager
+def hooks_bypassed(module: torch.nn.Module) -> Iterator[None]:
+    """Calls of ``module`` inside are not guided by its hooks (the low call, a bare wrapper)."""
+    state = state_of(module)
+    if state is not None:
+        state.low_depth += 1
+    try:
+        yield
+    finally:
+        if state is not None:
+            state.low_depth -= 1
+
+
+def unhooked_caller(module: torch.nn.Module, target: Callable[..., Any]) -> Callable[..., Any]:
+    """``target(**kwargs, return_dict=False)`` with ``module``'s UG hooks bypassed: the low call."""
+
+    def low_call(**kwargs: Any) -> Any:
+        """One low-resolution denoiser call."""
+        with hooks_bypassed(module):
+            return target(**kwargs, return_dict=False)
+
+    return low_call
+
+
+def consumed_copies(family: Family, named: dict) -> dict[str, tuple[list, list]]:
+    """The list arguments the denoiser consumes as it runs (T2I-Adapter's), with copies."""
+    return {
+        name: (value, list(value))
+        for name in family.consumed_lists
+        if isinstance(value := named.get(name), list)
+    }
+
+
+def restore_consumed(named: dict, copies: dict[str, tuple[list, list]]) -> None:
+    """Put back the copies of the consumed lists that this call received."""
+    for name, (original, copy) in copies.items():
+        if named.get(name) is original:
+            named[name] = copy
+
+
+class Denoiser(NamedTuple):
+    """A denoiser of a session: the module, its family, and the pipeline attribute holding it."""
+
+    module: torch.nn.Module
     family: Family
-    factors: tuple[int, ...]
-    guide: UpsampleGuidance
-    prepared: Prepared
-    call: Call
-    noisy: int
-    """How many grid channels are the noisy sample."""
-    condition: torch.Tensor | None
-    """The clean conditioning channels (block-averaged for the low call), if any."""
+    attr: str | None
 
 
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """The options of one application (validated)."""
-
-    factors: tuple[int, ...]
-    scale: ScaleLike
-    eta: float
-    time_matching: str
-    below_range: str
-    micro: str
-
-    @classmethod
-    def check(
-        cls,
-        factors: Any,
-        scale: ScaleLike,
-        eta: float,
-        time_matching: str,
-        below_range: str,
-        micro: str,
-    ) -> Options:
-        """Validate the options (the core's own checks run when the guidance is built)."""
-        if isinstance(factors, (int, bool)) or not isinstance(factors, Sequence):
-            raise TypeError(
-                f"factors must be a sequence of 2 ints (height, width) or 3 ints (frames, height, "
-                f"width), got {factors!r}"
-            )
-        factors = normalize_factors(factors)
-        if len(factors) not in (2, 3):
-            raise ValueError(
-                f"factors must have 2 entries (height, width) or 3 (frames, height, width), got "
-                f"{factors!r}"
-            )
-        if micro not in MICRO_CONDITIONING:
-            raise ValueError(
-                f"micro_conditioning must be one of {MICRO_CONDITIONING}, got {micro!r}"
-            )
-        return cls(factors, scale, eta, time_matching, below_range, micro)
-
-    @property
-    def never_on(self) -> bool:
-        """Whether w is 0 at every time (``scale=0`` or ``eta=0``): nothing is changed then."""
-        return self.eta == 0.0 or (not callable(self.scale) and self.scale == 0.0)
-
-    def grid_factors(self, family: Family) -> tuple[int, ...]:
-        """The factors of the family's grid: (H, W), or (F, H, W) with (1, fh, fw) for two."""
-        if family.video:
-            return self.factors if len(self.factors) == 3 else (1, *self.factors)
-        if len(self.factors) == 3:
-            raise ValueError(
-                f"factors={self.factors} has 3 entries (frames, height, width), but the "
-                f"{family.name} family takes images; pass 2 factors (height, width)"
-            )
-        return self.factors
+def grid_factors(config: UpsampleGuidanceConfig, family: Family) -> tuple[Any, ...]:
+    """The factors of the family's grid: (H, W), or (F, H, W) with (1, fh, fw) for two."""
+    factors = config.factors
+    if family.video:
+        return factors if len(factors) == 3 else (1, *factors)
+    if len(factors) == 3:
+        raise ValueError(
+            f"factors={factors} has 3 entries (frames, height, width), but the {family.name} "
+            "family takes images; pass 2 factors (height, width)"
+        )
+    return factors
 
 
 class SchedulerClock:
@@ -234,7 +250,7 @@ class SchedulerClock:
         return host[index]
 
 
-class Application:
+class Session:
     """One application of UG to one pipeline (``pipe``) or one bare wrapper (``pipe`` None).
 
     ``scheduler()`` returns the scheduler to read times and the schedule from (read at each
@@ -245,35 +261,35 @@ class Application:
         self,
         pipe: Any,
         scheduler: Callable[[], Any],
-        options: Options,
+        config: UpsampleGuidanceConfig,
         branch: BranchParallel | None = None,
     ) -> None:
         self.pipe = weakref.ref(pipe) if pipe is not None else None
-        self.branch = branch
         self.scheduler = scheduler
-        self.options = options
+        self.config = config
+        self.branch = branch
+        self.exchange: Local | BranchParallel = branch if branch is not None else Local()
         self.clock = SchedulerClock()
         self.active = 0
-        self.stamp = 0
-        self.request: dict[str, Any] = {}
-        self.saved: dict[str, Any] = {}  # pipeline attributes this application replaced
+        self.start_order = 0  # when this session last started sampling (the latest one guides)
+        self.request: dict[str, Any] = {}  # the pipeline call's requested sizes, in pixels
+        self.saved: dict[str, Any] = {}  # pipeline attributes this session replaced
         self.handles: list[Any] = []  # hooks on other modules (the ControlNet)
-        self.modules: dict[int, tuple[torch.nn.Module, Family, str | None]] = {}
+        self.denoisers: dict[int, Denoiser] = {}
         self._guides: dict[tuple, UpsampleGuidance] = {}
-        self._guides_owner: tuple = ()
+        self._guides_scheduler: tuple = ()
         self.warned = False
 
     # ------------------------------------------------------------------ set-up
-    def add_module(self, module: torch.nn.Module, attr: str | None) -> Family:
-        """Register a denoiser of this application (validated now); returns its family."""
+    def add_denoiser(self, module: torch.nn.Module, attr: str | None) -> Family:
+        """Register a denoiser of this session (validated now); returns its family."""
         family = family_of(module)
-        self.options.grid_factors(family)
         config = getattr(module, "config", None)
         c_in, c_out = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
         if isinstance(c_in, int) and isinstance(c_out, int):
             noisy_channels(type(module).__name__, c_in, c_out, learned_variance=False)
-        self.modules[id(module)] = (module, family, attr)
-        self.guidance(module, family, self.options.grid_factors(family))  # validates now
+        self.denoisers[id(module)] = Denoiser(module, family, attr)
+        self.guidance(module, family)  # validates the options and the scheduler now
         return family
 
     def pipeline(self) -> Any:
@@ -288,17 +304,14 @@ class Application:
         guidance's values at each of them are computed in one batch.
         """
         self.active += 1
-        self.stamp = next(_stamps)
+        self.start_order = next(_start_order)
         host = self.clock.prefetch(self.scheduler())
-        if host is None:
+        if host is None or self.config.never_on:
             return
-        for module, family, _ in self.modules.values():
-            guide = self.guidance(module, family, self.options.grid_factors(family))
-            if guide.never_on:
-                continue
+        for module, family, _ in self.denoisers.values():
             times = [family.model_time(v, module) for v in host]
             try:
-                guide.precompute(times)
+                self.guidance(module, family).precompute(times)
             except ValueError:
                 pass  # a time outside the model's schedule: reported by the call that meets it
 
@@ -307,34 +320,28 @@ class Application:
         self.active = max(0, self.active - 1)
 
     # ------------------------------------------------------------------ maths set-up
-    def guidance(
-        self, module: torch.nn.Module, family: Family, factors: tuple[int, ...]
-    ) -> UpsampleGuidance:
-        """The core's UpsampleGuidance for the current scheduler, this module and factors."""
+    def guidance(self, module: torch.nn.Module, family: Family) -> UpsampleGuidance:
+        """The core's UpsampleGuidance for the current scheduler, this module and its factors."""
         scheduler = self.scheduler()
         owner = (
             scheduler,
             getattr(scheduler, "alphas_cumprod", None),
             getattr(getattr(scheduler, "config", None), "prediction_type", None),
         )
-        if len(self._guides_owner) != 3 or any(
-            a is not b for a, b in zip(owner, self._guides_owner, strict=True)
+        if len(self._guides_scheduler) != 3 or any(
+            a is not b for a, b in zip(owner, self._guides_scheduler, strict=True)
         ):
-            self._guides, self._guides_owner = {}, owner
+            self._guides, self._guides_scheduler = {}, owner
+        factors = grid_factors(self.config, family)
         key = (id(module), factors)
         if key not in self._guides:
             if scheduler is None:
                 raise TypeError("the pipeline has no scheduler")
             schedule, prediction = family.schedule(scheduler, module)
-            o = self.options
             self._guides[key] = UpsampleGuidance(
                 schedule,
-                factors,
-                o.scale,
-                prediction,
-                o.time_matching,
-                eta=o.eta,
-                below_range=o.below_range,
+                prediction=prediction,
+                config=self.config.replace(factors=factors),
                 branch_parallel=self.branch,
             )
         return self._guides[key]
@@ -363,90 +370,87 @@ class Application:
         return value
 
     # ------------------------------------------------------------------ checks
-    def check_grid(self, family: Family, call: Call, factors: tuple[int, ...]) -> None:
-        """Raise, before the model runs, if the factors × patch don't divide the grid."""
-        patch = family.patch(call.module)
-        effective = tuple(f * p for f, p in zip(factors, patch, strict=True))
-        what = f"factors {factors} x patch {patch}" if any(p > 1 for p in patch) else "factors"
-        check_divisible(
-            call.grid, effective, f"the {type(call.module).__name__} latent grid ({what})"
-        )
-
     def check_request(self, sizes: dict[str, Any]) -> None:
-        """Raise, before any model runs, for a pipeline request the factors don't divide."""
+        """Raise, before any model runs, for a pipeline request the factors don't map to.
+
+        The sizes are checked as the pipeline will sample them (its own rounding included), and
+        the message suggests the nearest sizes that work, in pixels (frames for video).
+        """
+        if self.config.never_on:
+            return
         pipe = self.pipeline()
-        for module, family, _ in self.modules.values():
-            factors = self.options.grid_factors(family)
+        for module, family, _ in self.denoisers.values():
+            factors = grid_factors(self.config, family)
             patch = family.patch(module)
             latent = family.request_latents(pipe, sizes)
             names = ("frames", "height", "width")[-len(factors) :]
             for name, f, p in zip(names, factors, patch, strict=True):
-                n = latent.get(name)
-                if n is None:
+                if latent.get(name) is None:
+                    continue
+                n, to_pixels = latent[name]
+                step = Fraction(f).numerator * p
+                if n % step == 0:
                     continue
                 pixel = "num_frames" if name == "frames" else name
+                below, above = n - n % step, n - n % step + step
+                near = " or ".join(str(to_pixels(m)) for m in (below, above) if m > 0)
                 gives = f"{n} latent frames" if name == "frames" else f"a latent {name} of {n}"
-                note = (
-                    " (a temporal factor counts latent frames)"
-                    if name == "frames" and n != sizes[pixel]
-                    else ""
-                )
+                if name == "frames" and n != sizes[pixel]:
+                    gives += " (a temporal factor counts latent frames)"
                 unit = f"factor {f} x patch {p}" if p > 1 else f"factor {f}"
-                try:
-                    check_divisible((n,), (f * p,), f"the latent {name} ({unit})")
-                except ValueError as err:
-                    raise ValueError(
-                        f"{pixel}={sizes[pixel]!r} gives {gives}{note}: {err}"
-                    ) from None
+                raise ValueError(
+                    f"{pixel}={sizes[pixel]!r} gives {gives}; the {unit} needs multiples of "
+                    f"{step} to map to a whole trained size: use {pixel}={near}"
+                )
 
     def outer(self, module: torch.nn.Module) -> Any:
         """What the pipeline calls for ``module``: a compile wrapper around it, or the module."""
-        entry = self.modules.get(id(module))
+        entry = self.denoisers.get(id(module))
         pipe = self.pipeline()
-        attr = entry[2] if entry else None
+        attr = entry.attr if entry else None
         candidate = getattr(pipe, attr, None) if (pipe is not None and attr) else None
         if candidate is not None and candidate is not module and base_module(candidate) is module:
             return candidate
         return module
 
     # ------------------------------------------------------------------ the guided call
-    def call_of(self, module: torch.nn.Module, named: dict, family: Family) -> Call:
-        """A :class:`Call` for one denoiser call, with its grid read and checked."""
-        call = Call(named, self.pipeline(), module, self.request)
-        sample = named.get(family.sample_arg)
-        if not isinstance(sample, torch.Tensor):
-            raise TypeError(
-                f"the {type(module).__name__} call has no tensor {family.sample_arg!r}: got "
-                f"{type(sample).__name__}"
-            )
-        call.grid = family.grid_of(sample, call)
-        call.batch = sample.shape[0]
-        return call
-
-    def plan(self, module: torch.nn.Module, named: dict) -> Plan | None:
-        """What a call needs before it runs, or None if it is left unguided (w == 0 there).
+    def guided_call(self, module: torch.nn.Module, named: dict) -> GuidedCall | None:
+        """Plan one denoiser call, or None if it is left unguided (w == 0 there).
 
         The grid is checked here, so that a bad size fails before the denoiser runs, and the
         low-resolution input is prepared (sent to the other process when branch-parallel).
         """
-        _, family, _ = self.modules[id(module)]
-        factors = self.options.grid_factors(family)
-        guide = self.guidance(module, family, factors)
+        family = self.denoisers[id(module)].family
+        guide = self.guidance(module, family)
         if guide.never_on:
             return None
         t = named.get(family.time_arg)
         host_t = self.host_time(family, module, t)
         if host_t is not None and guide.skips(host_t):
             return None
-        call = self.call_of(module, named, family)
-        self.check_grid(family, call, factors)
-        x = family.to_grid(named[family.sample_arg], call)
+        sample = named.get(family.sample_arg)
+        if not isinstance(sample, torch.Tensor):
+            raise TypeError(
+                f"the {type(module).__name__} call has no tensor {family.sample_arg!r}: got "
+                f"{type(sample).__name__}"
+            )
+        call = Call(named, self.pipeline(), module, self.request)
+        call.grid = family.grid_of(sample, call)
+        call.batch = sample.shape[0]
+        factors = guide.factors
+        patch = family.patch(module)
+        what = f"factors {factors} x patch {patch}" if any(p > 1 for p in patch) else "factors"
+        check_divisible(
+            call.grid, factors, f"the {type(module).__name__} latent grid ({what})", unit=patch
+        )
+        call.low_grid = low_sizes(call.grid, factors)
+        x = family.to_grid(sample, call)
         noisy = self.noisy(module, family, x.shape[1])
         prepared = guide.prepare(x[:, :noisy], t, host_time=host_t)
         if prepared is None:
             return None
         condition = x[:, noisy:] if noisy < x.shape[1] else None
-        return Plan(family, factors, guide, prepared, call, noisy, condition)
+        return GuidedCall(self, module, family, guide, prepared, call, noisy, condition)
 
     def noisy(self, module: torch.nn.Module, family: Family, channels: int) -> int:
         """How many of the grid's ``channels`` are the noisy sample (from the model's config)."""
@@ -456,169 +460,121 @@ class Application:
             type(module).__name__, channels, out, learned in ("learned", "learned_range")
         )
 
-    def low_model(
-        self, module: torch.nn.Module, named: dict, plan: Plan, low_call: Callable[..., Any]
-    ) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-        """The low-resolution call as the core sees it: a grid in, the grid's prediction out."""
-        family, factors, call, noisy, condition = (
-            plan.family, plan.factors, plan.call, plan.noisy, plan.condition
-        )  # fmt: skip
+
+@dataclasses.dataclass
+class GuidedCall:
+    """One guided denoiser call: what :meth:`Session.guided_call` planned, then its output."""
+
+    session: Session
+    module: torch.nn.Module
+    family: Family
+    guide: UpsampleGuidance
+    prepared: Prepared
+    call: Call
+    noisy: int
+    """How many grid channels are the noisy sample."""
+    condition: torch.Tensor | None
+    """The clean conditioning channels (block-averaged for the low call), if any."""
+
+    def low_prediction(self, low_call: Callable[..., Any]) -> torch.Tensor:
+        """The low-resolution prediction on the grid (``low_call(**kwargs)`` runs the denoiser)."""
+        family, call, factors = self.family, self.call, self.guide.factors
+        sign = family.sign(self.session.scheduler())
 
         def model(x_low: torch.Tensor, t_low: Any) -> torch.Tensor:
-            """One low-resolution denoiser call."""
-            if condition is not None:  # clean conditioning channels: block-averaged, not scaled
-                x_low = torch.cat([x_low, downsample(condition, factors).to(x_low.dtype)], dim=1)
-            low_grid = Call(named, call.pipe, module, call.request)
-            low_grid.grid = tuple(n // f for n, f in zip(call.grid, factors, strict=True))
-            low_grid.batch = call.batch
-            low = dict(named)
+            """The low-resolution call as the core sees it: a grid in, its prediction out."""
+            if self.condition is not None:  # clean conditioning: area-averaged, not scaled
+                pooled = downsample(self.condition, factors).to(x_low.dtype)
+                x_low = torch.cat([x_low, pooled], dim=1)
+            low_grid = Call(call.named, call.pipe, call.module, call.request)
+            low_grid.grid, low_grid.batch = call.low_grid, call.batch
+            low = dict(call.named)
             low.pop("return_dict", None)
             low[family.sample_arg] = family.from_grid(x_low, low_grid)
             low[family.time_arg] = t_low
-            family.low_inputs(low, call, factors, self.options.micro)
+            family.low_inputs(low, call, factors, self.session.config.micro_conditioning)
             out = family.to_grid(output_sample(low_call(**low)), low_grid)
-            return _signed(out[:, :noisy], family.sign(self.scheduler()))
+            return _signed(out[:, : self.noisy], sign)
 
-        return model
+        return self.guide.low_call(self.prepared, model)
 
-    def guided_output(
-        self,
-        module: torch.nn.Module,
-        named: dict,
-        output: Any,
-        low_call: Callable[..., Any],
-        plan: Plan,
-    ) -> Any:
-        """The guided output of one planned call whose high-resolution ``output`` is known.
-
-        ``low_call(**kwargs)`` runs the denoiser for the low-resolution call.
-        """
-        family, call, noisy = plan.family, plan.call, plan.noisy
-        sign = family.sign(self.scheduler())
-        call.named = named
+    def output(self, output: Any, low_call: Callable[..., Any]) -> Any:
+        """The guided output of the call whose high-resolution ``output`` is known."""
+        family, call = self.family, self.call
+        sign = family.sign(self.session.scheduler())
         high = _signed(family.to_grid(output_sample(output), call), sign)
         variance = None
-        if high.shape[1] == 2 * noisy:
-            high, variance = high[:, :noisy], high[:, noisy:]
-        model = self.low_model(module, named, plan, low_call)
-        guided = plan.guide.finish(plan.prepared, high, model)
+        if high.shape[1] == 2 * self.noisy:
+            high, variance = high[:, : self.noisy], high[:, self.noisy :]
+        guided = self.guide.finish(self.prepared, high, self.low_prediction(low_call))
         if variance is not None:
             guided = torch.cat([guided, variance], dim=1)
         return replace_sample(output, family.from_grid(_signed(guided, sign), call))
 
 
 class HookState:
-    """What lives on a hooked denoiser: its hooks and the applications made through it."""
+    """What lives on a hooked denoiser: its hooks and the sessions made through it."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.apps: list[Application] = []
+    def __init__(self) -> None:
+        self.sessions: list[Session] = []
         self.handles: list[Any] = []
         self.low_depth = 0  # > 0 during the low-resolution call (and bare-wrapper calls)
-        self.kept: dict[str, tuple[list, list]] = {}
-        self.pending: tuple[Application, Plan] | None = None  # set by the pre-hook
-        forward = inspect.signature(type(module).forward)
-        params = list(forward.parameters.values())[1:]
-        self.positional = tuple(
-            p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        )
+        self.consumed: dict[str, tuple[list, list]] = {}
+        self.pending: tuple[Session, GuidedCall | None] | None = None  # set by the pre-hook
 
-    def named(self, args: tuple, kwargs: dict) -> dict[str, Any]:
-        """The call's arguments by name (positional ones matched to the forward's parameters)."""
-        if len(args) > len(self.positional):
-            raise TypeError(
-                f"the denoiser was called with {len(args)} positional arguments; its forward "
-                f"takes at most {len(self.positional)}"
-            )
-        named = dict(zip(self.positional, args, strict=False))
-        named.update(kwargs)
-        return named
-
-    def active(self) -> Application | None:
-        """The application whose pipeline is sampling now (the latest started), or None."""
+    def active(self) -> Session | None:
+        """The session whose pipeline is sampling now (the latest started), or None."""
         best = None
-        for app in self.apps:
-            if app.active and (best is None or app.stamp > best.stamp):
-                best = app
+        for session in self.sessions:
+            if session.active and (best is None or session.start_order > best.start_order):
+                best = session
         return best
 
     def pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """Before the high-resolution call: plan it (check the grid, keep consumed lists)."""
         self.pending = None
-        if self.low_depth:
+        session = None if self.low_depth else self.active()
+        if session is None:
             return
-        app = self.active()
-        if app is None:
-            return
-        named = self.named(args, kwargs)
-        plan = app.plan(module, named)
-        if plan is None:
-            if app.branch is not None:  # the other process still waits for this call's output
-                self.pending = (app, None)
-            return
-        self.pending = (app, plan)
-        self.kept = {
-            name: (value, list(value))
-            for name in plan.family.consumed_lists
-            if isinstance(value := named.get(name), list)
-        }
+        named = bind_arguments(module, args, kwargs)
+        guided = session.guided_call(module, named)
+        if guided is not None or session.branch is not None:  # a peer waits for the output
+            self.pending = (session, guided)
+        if guided is not None:
+            self.consumed = consumed_copies(guided.family, named)
 
     def hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         """Replace the high-resolution output by the guided one."""
         if self.low_depth or self.pending is None:
             return None
-        (app, plan), self.pending = self.pending, None
-        if plan is None:  # branch-parallel, unguided: share the plain output
-            sample = output_sample(output)
-            app.branch.share(sample, sample.device)
-            return None
-        named = self.named(args, kwargs)
-        kept, self.kept = self.kept, {}
-        for name, (original, copy) in kept.items():
-            if named.get(name) is original:  # the list this call got, as it was before the call
-                named[name] = copy
-        outer = app.outer(module)
-
-        def low_call(**kw: Any) -> Any:
-            """The low-resolution call, through the (possibly compiled) module and its hooks."""
-            self.low_depth += 1
-            try:
-                return outer(**kw, return_dict=False)
-            finally:
-                self.low_depth -= 1
-
-        guided = app.guided_output(module, named, output, low_call, plan)
-        if app.branch is not None:
-            sample = output_sample(guided)
-            app.branch.share(sample, sample.device)
-        return guided
+        (session, guided), self.pending = self.pending, None
+        if guided is not None:
+            named = bind_arguments(module, args, kwargs)
+            restore_consumed(named, self.consumed)
+            self.consumed = {}
+            guided.call.named = named
+            output = guided.output(output, unhooked_caller(module, session.outer(module)))
+        sample = output_sample(output)
+        session.exchange.share(sample, sample.device)
+        return output if guided is not None else None
 
     def low_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        """The denoiser's forward on the low process of a branch-parallel application.
+        """The denoiser's forward on the low process of a branch-parallel session.
 
         It makes only the low-resolution call (on the input the high process sends) and returns
         the guided output the high process shares; outside the pipeline's sampling, and for the
         low call itself, it is the denoiser's own forward.
         """
         forward = type(module).forward
-        app = None if self.low_depth else self.active()
-        if app is None or app.branch is None:
+        session = None if self.low_depth else self.active()
+        if session is None or session.branch is None:
             return forward(module, *args, **kwargs)
-        named = self.named(args, kwargs)
-        plan = app.plan(module, named)
-        device = named[app.modules[id(module)][1].sample_arg].device
-        if plan is not None:
-            outer = app.outer(module)
-
-            def low_call(**kw: Any) -> Any:
-                """The low-resolution call through the denoiser's own forward."""
-                self.low_depth += 1
-                try:
-                    return outer(**kw, return_dict=False)
-                finally:
-                    self.low_depth -= 1
-
-            plan.guide.low_call(plan.prepared, app.low_model(module, named, plan, low_call))
-        sample = app.branch.share(None, device)
+        named = bind_arguments(module, args, kwargs)
+        guided = session.guided_call(module, named)
+        device = named[session.denoisers[id(module)].family.sample_arg].device
+        if guided is not None:
+            guided.low_prediction(unhooked_caller(module, session.outer(module)))
+        sample = session.exchange.share(None, device)
         if not named.get("return_dict", True):
             return (sample,)
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
@@ -628,8 +584,8 @@ class HookState:
     def install(self, module: torch.nn.Module, low_process: bool = False) -> None:
         """Register the two hooks (opaque to torch.compile: plain Python glue).
 
-        On the low process of a branch-parallel application the forward is replaced instead
-        (an instance attribute, deleted again by :meth:`uninstall`).
+        On the low process of a branch-parallel session the forward is replaced instead (an
+        instance attribute, deleted again by :meth:`uninstall`).
         """
         if low_process:
             module.__dict__["forward"] = functools.partial(self.low_forward, module)
@@ -662,60 +618,59 @@ def state_of(module: torch.nn.Module) -> HookState | None:
     return module.__dict__.get(STATE)
 
 
-def attach(app: Application, module: torch.nn.Module) -> None:
-    """Add ``app`` to the module's state; the hooks are installed for an app that can guide.
+def attach(session: Session, module: torch.nn.Module) -> None:
+    """Add ``session`` to the module's state; the hooks are installed for one that can guide.
 
-    An application with ``scale=0`` (or ``eta=0``) never changes a call, so it needs no hooks.
+    A session with ``scale=0`` (or ``eta=0``) never changes a call, so it needs no hooks.
     """
     state = state_of(module)
     if state is None:
-        state = HookState(module)
-        module.__dict__[STATE] = state
-    low = app.branch is not None and app.branch.role == "low"
-    if state.apps and (low or any(a.branch is not None for a in state.apps)):
+        state = module.__dict__[STATE] = HookState()
+    low = session.branch is not None and session.branch.role == "low"
+    if state.sessions and (low or any(s.branch is not None for s in state.sessions)):
         raise ValueError(
             "a branch-parallel application cannot share its denoiser with another application; "
             "remove the other one first"
         )
-    state.apps.append(app)
-    if not app.options.never_on and not state.handles:
+    state.sessions.append(session)
+    if not session.config.never_on and not state.handles:
         state.install(module, low_process=low)
 
 
-def detach(app: Application, module: torch.nn.Module) -> None:
-    """Remove ``app`` from the module's state; the hooks and the state go with the last one."""
+def detach(session: Session, module: torch.nn.Module) -> None:
+    """Remove ``session`` from the module's state; the hooks and the state go with the last one."""
     state = state_of(module)
     if state is None:
         return
-    state.apps = [a for a in state.apps if a is not app]
-    if all(a.options.never_on for a in state.apps):
+    state.sessions = [s for s in state.sessions if s is not session]
+    if all(s.config.never_on for s in state.sessions):
         state.uninstall()
-    if not state.apps:
+    if not state.sessions:
         del module.__dict__[STATE]
 
 
 # ---------------------------------------------------------------------- pipeline wrappers
 class ActiveBar:
-    """A pipeline's progress bar that marks the application active while the loop runs."""
+    """A pipeline's progress bar that marks the session active while the loop runs."""
 
-    def __init__(self, bar: Any, app: Application) -> None:
+    def __init__(self, bar: Any, session: Session) -> None:
         self._bar = bar
-        self._app = app
+        self._session = session
 
     def __enter__(self) -> Any:
-        self._app.activate()
+        self._session.activate()
         return self._bar.__enter__()
 
     def __exit__(self, *exc: Any) -> Any:
-        self._app.deactivate()
+        self._session.deactivate()
         return self._bar.__exit__(*exc)
 
     def __iter__(self) -> Any:
-        self._app.activate()
+        self._session.activate()
         try:
             yield from self._bar
         finally:
-            self._app.deactivate()
+            self._session.deactivate()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._bar, name)
@@ -729,7 +684,7 @@ class BinnedAtTrainedSize:
     exactly ``factors ×`` a bin is sampled as asked, and any other is resized back as before.
     """
 
-    def __init__(self, processor: Any, factors: tuple[int, int]) -> None:
+    def __init__(self, processor: Any, factors: tuple[Any, Any]) -> None:
         self._processor = processor
         self._factors = factors
 
@@ -737,9 +692,9 @@ class BinnedAtTrainedSize:
         """The bin for ``(height / fh, width / fw)``, times the factors."""
         fh, fw = self._factors
         h, w = self._processor.classify_height_width_bin(
-            int(height) // fh, int(width) // fw, ratios=ratios
+            int(int(height) // fh), int(int(width) // fw), ratios=ratios
         )
-        return int(h) * fh, int(w) * fw
+        return int(int(h) * fh), int(int(w) * fw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._processor, name)
@@ -748,46 +703,47 @@ class BinnedAtTrainedSize:
 _MISSING = object()
 
 
-def wrap_pipeline(app: Application, pipe: Any) -> None:
-    """Install the application's pipeline wrappers (instance attributes, removed by unwrap)."""
+def wrap_pipeline(session: Session, pipe: Any) -> None:
+    """Install the session's pipeline wrappers (instance attributes, removed by unwrap)."""
     original_bar = pipe.progress_bar
 
     @functools.wraps(original_bar)
     def progress_bar(*args: Any, **kwargs: Any) -> Any:
         """The pipeline's progress bar; UG guides the denoiser while it runs."""
-        return ActiveBar(original_bar(*args, **kwargs), app)
+        return ActiveBar(original_bar(*args, **kwargs), session)
 
-    _set(app, pipe, "progress_bar", progress_bar)
+    _set(session, pipe, "progress_bar", progress_bar)
     for name in ("check_inputs", "prepare_latents"):
-        _wrap_size_check(app, pipe, name)
+        _wrap_size_check(session, pipe, name)
+    if session.config.never_on:
+        return
     for name in ("image_processor", "video_processor"):  # PixArt, Sana; Sana-Video
         processor = getattr(pipe, name, None)
-        if not app.options.never_on and callable(
-            getattr(processor, "classify_height_width_bin", None)
-        ):
-            _set(app, pipe, name, BinnedAtTrainedSize(processor, app.options.factors[-2:]))
+        if callable(getattr(processor, "classify_height_width_bin", None)):
+            binned = BinnedAtTrainedSize(processor, session.config.factors[-2:])
+            _set(session, pipe, name, binned)
     controlnet = getattr(pipe, "controlnet", None)
     if isinstance(controlnet, torch.nn.Module):
-        hook = functools.partial(_controlnet_pre_hook, app)
-        app.handles.append(
+        hook = functools.partial(_controlnet_pre_hook, session)
+        session.handles.append(
             base_module(controlnet).register_forward_pre_hook(hook, with_kwargs=True)
         )
 
 
-def _controlnet_pre_hook(app: Application, module: Any, args: tuple, kwargs: dict) -> None:
+def _controlnet_pre_hook(session: Session, module: Any, args: tuple, kwargs: dict) -> None:
     """Check the ControlNet's latent size before it runs (it runs before the denoiser)."""
     sample = args[0] if args else kwargs.get("sample")
-    if app.active and isinstance(sample, torch.Tensor) and sample.ndim == 4:
-        check_divisible(sample.shape, app.options.factors[-2:], "the ControlNet sample")
+    if session.active and isinstance(sample, torch.Tensor) and sample.ndim == 4:
+        check_divisible(sample.shape, session.config.factors[-2:], "the ControlNet sample")
 
 
-def _set(app: Application, pipe: Any, name: str, value: Any) -> None:
+def _set(session: Session, pipe: Any, name: str, value: Any) -> None:
     """Set an instance attribute of the pipeline, remembering what was there."""
-    app.saved[name] = pipe.__dict__.get(name, _MISSING)
+    session.saved[name] = pipe.__dict__.get(name, _MISSING)
     pipe.__dict__[name] = value
 
 
-def _wrap_size_check(app: Application, pipe: Any, name: str) -> None:
+def _wrap_size_check(session: Session, pipe: Any, name: str) -> None:
     """Wrap ``pipe.<name>`` (if it takes height and width) to check and record the request."""
     method = getattr(pipe, name, None)
     if not callable(method):
@@ -808,23 +764,23 @@ def _wrap_size_check(app: Application, pipe: Any, name: str) -> None:
             sizes = {}
         request = {k: sizes.get(k) for k in ("height", "width", "num_frames")}
         request = {k: v for k, v in request.items() if isinstance(v, int)}
-        if name == "check_inputs" or not app.request:
-            app.request = dict(request)
-        app.check_request(request)
+        if name == "check_inputs" or not session.request:
+            session.request = dict(request)
+        session.check_request(request)
         return method(*args, **kwargs)
 
-    _set(app, pipe, name, checked)
+    _set(session, pipe, name, checked)
 
 
-def unwrap_pipeline(app: Application, pipe: Any) -> None:
-    """Restore the pipeline attributes the application replaced, and remove its other hooks."""
-    for handle in app.handles:
+def unwrap_pipeline(session: Session, pipe: Any) -> None:
+    """Restore the pipeline attributes the session replaced, and remove its other hooks."""
+    for handle in session.handles:
         handle.remove()
-    app.handles.clear()
+    session.handles.clear()
     if pipe is not None:
-        for name, value in app.saved.items():
+        for name, value in session.saved.items():
             if value is _MISSING:
                 pipe.__dict__.pop(name, None)
             else:
                 pipe.__dict__[name] = value
-    app.saved.clear()
+    session.saved.clear()
