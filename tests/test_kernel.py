@@ -384,7 +384,9 @@ def test_constructor_errors():
         UpsampleGuidance(np.linspace(0.99, 0.01, 10))
     with pytest.raises(ValueError, match=r"factors \(2, 0\): each entry must be a number >= 1"):
         UpsampleGuidance(SD, factors=(2, 0))
-    with pytest.raises(ValueError, match=r"got 1\.33, which is not one; the nearest such ratio is 4/3"):
+    with pytest.raises(
+        ValueError, match=r"got 1\.33, which is not one; the nearest such ratio is 4/3"
+    ):
         UpsampleGuidance(SD, factors=(1.33, 2))
 
 
@@ -419,3 +421,79 @@ def test_apply_guides_a_known_prediction_like_call():
     assert [c["shape"] for c in low.calls] == [(2, 3, 4, 4)]  # only the low-resolution call
     with pytest.raises(ValueError, match=r"t=1000\.0 is outside"):
         guide.apply(x, low, x, 1000)
+
+
+# ---------------------------------------------------------------- time maps
+class MapModel(Model):
+    """:class:`Model` that also takes a time map (a tensor with x's axes, broadcast)."""
+
+    def __call__(self, x, t, *args, **kwargs):
+        if isinstance(t, torch.Tensor) and t.ndim == x.ndim:
+            self.calls.append({"shape": tuple(x.shape), "t": t})
+            h = torch.einsum("ij,bj...->bi...", self.mix.to(x.device, x.dtype), x)
+            return torch.tanh(h + torch.roll(x, 1, dims=-1)) * (1 + t.to(x.dtype) / 1000) + 0.1 * x
+        return super().__call__(x, t, *args, **kwargs)
+
+
+MAP_SCHEDULES = {
+    "vp": (SD, "epsilon", [999.0, 640.0, 321.37, 3.0]),
+    "vp-v": (SD, "v_prediction", [999.0, 40.0]),
+    "sigma": (SigmaSchedule(0.03, 14.6), "sample", [14.6, 0.5, 0.01]),
+    "flow": (FlowSchedule(1000.0), "flow", [1000.0, 700.0, 1.0]),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(sorted(MAP_SCHEDULES)),
+    st.integers(0, 3),
+    st.sampled_from([(2, 2), (1, 2, 2), (2, 1, 1), ("3/2", "3/2")]),
+    st.sampled_from(["full", "broadcast"]),
+    st.sampled_from([torch.float64, torch.float32]),
+)
+def test_a_constant_time_map_is_the_scalar_time_bit_for_bit(name, i, factors, form, dtype):
+    schedule, prediction, times = MAP_SCHEDULES[name]
+    t = times[i % len(times)]
+    shape = (2, 3, 4, 6, 6) if len(factors) == 3 else (2, 3, 6, 6)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(i), dtype=dtype)
+    map_shape = shape if form == "full" else (2, 1) + (1,) * (len(shape) - 2)
+    guide = UpsampleGuidance(schedule, factors, 1.3, prediction, "exact")
+    scalar = guide(MapModel(3), x, torch.full((2,), t, dtype=dtype))
+    mapped = guide(MapModel(3), x, torch.full(map_shape, t, dtype=dtype))
+    assert torch.equal(scalar, mapped)
+
+
+def test_per_frame_times_equal_each_frame_guided_alone():
+    """A clean first frame and noisy others (image-to-video): the map's τ is per frame."""
+    model = MapModel(3)
+    x = torch.randn(2, 3, 3, 8, 8, dtype=F64)
+    t_map = (
+        torch.tensor([0.0, 700.0, 700.0], dtype=F64).reshape(1, 1, 3, 1, 1).expand(2, 1, 3, 1, 1)
+    )
+    guide = UpsampleGuidance(SD, (1, 2, 2), 1.2, "epsilon", "exact")
+    together = guide(model, x, t_map)
+    assert model.calls[-1]["t"].shape == (2, 1, 3, 1, 1)  # the low call gets a map too
+    frames = [guide(MapModel(3), x[:, :, f], float(t_map[0, 0, f, 0, 0])) for f in range(3)]
+    torch.testing.assert_close(together, torch.stack(frames, dim=2), rtol=0, atol=1e-12)
+
+
+def test_time_map_errors_and_mixed_times():
+    model = MapModel(3)
+    x = torch.randn(1, 3, 4, 8, 8, dtype=F64)
+    with pytest.raises(ValueError, match=r"t of shape \(1, 1, 4, 8\) is not a time map of x "
+                                         r"\(1, 3, 4, 8, 8\)"):  # fmt: skip
+        UpsampleGuidance(SD, (1, 2, 2))(model, x, torch.zeros(1, 1, 4, 8))
+    with pytest.raises(ValueError, match=r"t of shape \(1, 1, 3, 1, 1\) is not a time map"):
+        UpsampleGuidance(SD, (1, 2, 2))(model, x, torch.zeros(1, 1, 3, 1, 1))
+    t_map = torch.tensor([0.0, 700.0, 700.0, 700.0], dtype=F64).reshape(1, 1, 4, 1, 1)
+    with pytest.raises(ValueError, match=r"different times inside one block of the factors "
+                                         r"\(2, 2, 2\) \(axis 2, low element \(0, 0, 0, 0, 0\): "
+                                         r"from 0\.0 to 700\.0\); pass mixed_times="):  # fmt: skip
+        UpsampleGuidance(SD, (2, 2, 2))(model, x, t_map)
+    assert len(model.calls) == 0  # before any model call
+    noisiest = UpsampleGuidance(SD, (2, 2, 2), mixed_times="max")
+    noisiest(model, x, t_map)
+    low_t = model.calls[-1]["t"]
+    assert low_t.shape == (1, 1, 2, 1, 1) and low_t[0, 0, 0, 0, 0] == low_t[0, 0, 1, 0, 0]
+    with pytest.raises(ValueError, match=r"mixed_times must be one of"):
+        UpsampleGuidance(SD, mixed_times="median")

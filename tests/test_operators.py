@@ -1,13 +1,15 @@
 """The operators D (block mean) and U (nearest upsampling): algebra, shapes, dtypes, errors."""
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ug_core import block_size, downsample, normalize_factors, upsample
+from ug_core import block_size, downsample, normalize_factors, unwhiten, upsample, whiten
+from ug_core.factors import low_sizes
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
@@ -163,3 +165,129 @@ def test_more_factors_than_axes():
         downsample(torch.zeros(4, 4), (2, 2, 2))
     with pytest.raises(ValueError, match=r"3 factors \(2, 2, 2\) given for a tensor with only 2"):
         upsample(torch.zeros(4, 4), (2, 2, 2))
+
+
+# ---------------------------------------------------------------- fractional factors p/q
+RATIOS = [Fraction(3, 2), Fraction(4, 3), Fraction(5, 4), Fraction(5, 3), Fraction(9, 8), 2, 1]
+
+
+@st.composite
+def fractional_layouts(draw, max_axes=3):
+    """(factors with at least one ratio, high-resolution trailing shape) for 1 to 3 axes."""
+    n = draw(st.integers(1, max_axes))
+    factors = [draw(st.sampled_from(RATIOS)) for _ in range(n)]
+    factors[draw(st.integers(0, n - 1))] = draw(st.sampled_from(RATIOS[:5]))
+    high = tuple(Fraction(f).numerator * draw(st.integers(1, 3)) for f in factors)
+    return tuple(factors), high
+
+
+@settings(max_examples=120, deadline=None)
+@given(fractional_layouts(), st.integers(0, 2**31 - 1))
+def test_fractional_down_is_linear_and_keeps_the_mean(layout, seed):
+    factors, high = layout
+    x1, x2 = _rand((2, *high), torch.float64, seed), _rand((2, *high), torch.float64, seed + 1)
+    alpha, beta = 0.7, -1.3
+    d = downsample(alpha * x1 + beta * x2, factors)
+    scale = float(x1.abs().max() + x2.abs().max())
+    ref = alpha * downsample(x1, factors) + beta * downsample(x2, factors)
+    torch.testing.assert_close(d, ref, rtol=0, atol=1e-12 * scale)
+    axes = tuple(range(-len(factors), 0))
+    torch.testing.assert_close(
+        downsample(x1, factors).mean(axes), x1.mean(axes), rtol=0, atol=1e-12 * scale
+    )
+    const = torch.full((1, *high), 2.5, dtype=torch.float64)  # a constant stays itself
+    torch.testing.assert_close(downsample(const, factors), torch.full_like(d[:1], 2.5))
+
+
+@settings(max_examples=120, deadline=None)
+@given(fractional_layouts(), st.integers(0, 2**31 - 1))
+def test_fractional_down_of_up_is_identity_and_up_down_a_projector(layout, seed):
+    factors, high = layout
+    low = low_sizes(high, factors)
+    y = _rand((2, 3, *low), torch.float64, seed)
+    scale = float(y.abs().max())
+    torch.testing.assert_close(
+        downsample(upsample(y, factors), factors), y, rtol=0, atol=1e-12 * scale
+    )
+    x = _rand((2, *high), torch.float64, seed + 1)
+    once = upsample(downsample(x, factors), factors)
+    twice = upsample(downsample(once, factors), factors)
+    torch.testing.assert_close(twice, once, rtol=0, atol=1e-12 * float(x.abs().max()))
+    # U∘D is the orthogonal projector: the residual x − U D x is orthogonal to everything D keeps
+    residual = x - once
+    torch.testing.assert_close(
+        downsample(residual, factors), torch.zeros_like(downsample(x, factors)), rtol=0,
+        atol=1e-12 * float(x.abs().max()),
+    )  # fmt: skip
+
+
+def test_fractional_area_mean_by_hand():
+    """3/2: coarse cells [0, 1.5) and [1.5, 3) of fine cells 0, 1, 2 (weights 2/3, 1/3)."""
+    x = torch.tensor([[3.0, 6.0, 9.0, 12.0, 15.0, 18.0]], dtype=torch.float64)
+    d = downsample(x, (Fraction(3, 2),))
+    expected = torch.tensor([[2 / 3 * 3 + 1 / 3 * 6, 1 / 3 * 6 + 2 / 3 * 9,
+                              2 / 3 * 12 + 1 / 3 * 15, 1 / 3 * 15 + 2 / 3 * 18]])  # fmt: skip
+    torch.testing.assert_close(d, expected.double(), rtol=0, atol=1e-14)
+    d43 = downsample(torch.arange(4.0, dtype=torch.float64)[None], ("4/3",))  # thirds: 3/4, 1/4
+    torch.testing.assert_close(
+        d43, torch.tensor([[0.25, 1.5, 2.75]], dtype=torch.float64), rtol=0, atol=1e-14
+    )
+
+
+@pytest.mark.parametrize(
+    "factors, size",
+    [((Fraction(3, 2),) * 2, (12, 12)), ((Fraction(4, 3), 2), (12, 12)), ((1, "5/4"), (4, 20))],
+)
+def test_whitened_noise_is_white_with_variance_one_over_k(factors, size):
+    """W·D[ε] has covariance I/k (k the area ratio), unlike D[ε] for a ratio (docs/maths.md)."""
+    g = torch.Generator().manual_seed(0)
+    eps = torch.randn(40000, *size, generator=g, dtype=torch.float64)
+    low = whiten(downsample(eps, factors), factors).flatten(1)
+    cov = low.T @ low / low.shape[0]
+    k = float(block_size(factors))
+    # 40000 samples: each covariance entry has a standard error of about 1/(k·200)
+    torch.testing.assert_close(cov, torch.eye(cov.shape[0], dtype=torch.float64) / k, rtol=0,
+                               atol=6 / (k * 200))  # fmt: skip
+    plain = downsample(eps, factors).flatten(1)
+    assert (plain.T @ plain / plain.shape[0] - torch.eye(cov.shape[0]) / k).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("factors", [(2, 2), (2, 1, 1)])
+def test_whitening_is_the_identity_for_integer_factors(factors):
+    y = torch.randn(2, 3, 4, 4, 4)
+    assert whiten(y, factors) is y and unwhiten(y, factors) is y
+
+
+def test_unwhiten_inverts_whiten():
+    y = torch.randn(2, 3, 6, 9, dtype=torch.float64)
+    factors = (Fraction(3, 2), Fraction(4, 3))
+    torch.testing.assert_close(unwhiten(whiten(y, factors), factors), y, rtol=0, atol=1e-12)
+
+
+def test_fractional_shapes_dtypes_and_errors():
+    x = torch.randn(2, 4, 12, 15).to(torch.float16)
+    d = downsample(x, (Fraction(3, 2), Fraction(5, 4)))
+    assert d.shape == (2, 4, 8, 12) and d.dtype == torch.float16
+    assert upsample(d, (Fraction(3, 2), Fraction(5, 4))).shape == x.shape
+    with pytest.raises(ValueError, match=r"\(13,\) that the factors \(3/2,\) do not map to whole "
+                                         r"sizes \(13 % 3 = 1: use 12 or 15\)"):  # fmt: skip
+        downsample(torch.zeros(1, 13), ("3/2",))
+    with pytest.raises(ValueError, match=r"a factor p/q needs multiples of q"):
+        upsample(torch.zeros(1, 5), (Fraction(3, 2),))
+    with pytest.raises(ValueError, match=r"\(8,\) that the factors \(3,\) do not divide"):
+        whiten(torch.zeros(1, 8), (Fraction(4, 3),))
+
+
+def test_parse_factors_forms():
+    from ug_core import parse_factors
+
+    half = Fraction(3, 2)
+    assert parse_factors(2) == (2, 2) and parse_factors("2") == (2, 2)
+    assert parse_factors(1.5) == (half, half) and parse_factors("3/2") == (half, half)
+    assert parse_factors("2x3") == (2, 3) and parse_factors("2,3") == (2, 3)
+    assert parse_factors("2x1.5x1.5") == (2, half, half) and parse_factors([1, 2, 2]) == (1, 2, 2)
+    assert all(isinstance(f, int) for f in parse_factors(2.0))
+    with pytest.raises(ValueError, match=r"--factor must have 2 entries .* got \[2\]"):
+        parse_factors([2], "--factor")
+    with pytest.raises(ValueError, match=r"--factor must be F \(both sides\), HxW or FxHxW"):
+        parse_factors("2x2x2x2", "--factor")

@@ -104,12 +104,13 @@ def _host_readable(t: Any) -> bool:
     return not isinstance(t, torch.Tensor) or t.device.type == "cpu"
 
 
-def _time_like(tau: Coefficient, t: Any, integral: bool) -> Any:
+def _time_like(tau: Coefficient, t: Any, integral: bool, shape: tuple[int, ...]) -> Any:
     """The matched time in the form the caller gave ``t``: a number, or a tensor like ``t``.
 
     ``tau`` is one time or a tensor of them (on the host, or on ``t``'s device), shaped like the
-    batch's times (a time map: like the low-resolution map); ``integral`` says whether they are
-    whole numbers, so that an integer ``t`` gets an integer time back.
+    batch's times; ``shape`` is that of a time map at the low resolution (else ``t``'s).
+    ``integral`` says whether they are whole numbers, so that an integer ``t`` gets an integer
+    time back.
     """
     if not isinstance(t, torch.Tensor):
         value = float(tau) if not isinstance(tau, torch.Tensor) else float(tau.reshape(-1)[0])
@@ -117,7 +118,7 @@ def _time_like(tau: Coefficient, t: Any, integral: bool) -> Any:
     dtype = t.dtype if (t.is_floating_point() or integral) else torch.float32
     if not isinstance(tau, torch.Tensor):
         value = round(tau) if integral and not t.is_floating_point() else tau
-        return torch.full(t.shape, value, dtype=dtype, device=t.device)
+        return torch.full(shape, value, dtype=dtype, device=t.device)
     out = tau if (t.is_floating_point() or not integral) else tau.round()
     moved = _moved(out, t.device, dtype)
     if t.ndim <= 1:
@@ -164,6 +165,8 @@ class Coefficients(NamedTuple):
     q: Coefficient
     below: Coefficient
     integral: bool
+    shape: tuple[int, ...] = ()
+    """The shape of the times: t's, or for a time map that of the map at the low resolution."""
 
 
 def _check_prediction(pred: Any) -> None:
@@ -413,7 +416,7 @@ class UpsampleGuidance:
         if self.time_matching == "off":
             t_low = t if not (isinstance(t, torch.Tensor) and t.ndim > 1) else self._map(t)
         else:
-            t_low = _time_like(coeffs.tau, t, coeffs.integral)
+            t_low = _time_like(coeffs.tau, t, coeffs.integral, coeffs.shape)
         x_down = downsample(x, self.factors)
         work = torch.float32 if x.dtype in _HALF else x.dtype
         low = whiten(x_down.to(work), self.factors)
@@ -485,11 +488,13 @@ class UpsampleGuidance:
             integral = isinstance(self.schedule, DiscreteSchedule) and (
                 self.time_matching == "nearest"
             )
-            return coeffs._replace(integral=integral)
+            return coeffs._replace(integral=integral, shape=tuple(times.shape))
         times = as_times(source, "host_time" if host_time is not None else "t")
         if times.ndim > 1:
             times = self._map(times)
-        return self._host(times)
+        coeffs = self._host(times)
+        low_shape = times.shape if times.ndim > 1 else getattr(t, "shape", ())
+        return None if coeffs is None else coeffs._replace(shape=tuple(low_shape))
 
     def _compute(self, times: torch.Tensor) -> Coefficients:
         """w, τ, c, r, q and ``below`` at model times (float64 maths on the times' device)."""

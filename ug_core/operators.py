@@ -85,8 +85,6 @@ def upsample(y: torch.Tensor, factors: object) -> torch.Tensor:
             f"{y.ndim} axes (shape {tuple(y.shape)}); factors apply to the trailing axes"
         )
     if not _integral(factors):
-        q = tuple(Fraction(f).denominator for f in factors)
-        check_divisible(y.shape, q, "the coarse tensor (a factor p/q needs multiples of q)")
         return _per_axis(y, factors, "up")
     low, high, _ = _patterns(len(factors))
     sizes = {f"f{i}": f for i, f in enumerate(factors)}
@@ -140,6 +138,9 @@ _SHAPES = {"down": (1, 0), "up": (0, 1), "whiten": (1, 1), "unwhiten": (1, 1)}
 
 def _per_axis(x: torch.Tensor, factors: Sequence[Factor], kind: str) -> torch.Tensor:
     """Apply one of :func:`axis_matrices` on every trailing axis, block by block."""
+    if kind != "down":
+        q = tuple(Fraction(f).denominator for f in factors)
+        check_divisible(x.shape, q, "the coarse tensor (a factor p/q needs multiples of q)")
     work = torch.float32 if x.dtype in _HALF else x.dtype
     out = x.to(work)
     first = x.ndim - len(factors)
