@@ -508,7 +508,7 @@ def test_error_controlnet_called_with_undivided_latents():
 
 def test_error_unreadable_calls_and_inputs():
     from ug_core.adapters.diffusers import guided_denoiser
-    from ug_core.adapters.diffusers.families import _frame_mean, _low_time_ids, _pool_frames
+    from ug_core.adapters.diffusers.families.unet import _frame_mean, _low_time_ids, _pool_frames
 
     pipe = tiny_sd_pipeline()
     with pytest.raises(TypeError, match="has no scheduler"):
