@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..config import UpsampleGuidanceConfig, resolve_config
+from ..factors import parse_factors
 from ..guidance import LowResInputs, UpsampleGuidance
 from ..scales import ScaleLike
 from ..schedules import SigmaSchedule, discrete_time_fraction
@@ -142,7 +143,8 @@ class UpsampleGuidedDenoiser(nn.Module):
 
     - ``inner``: the denoiser trained at the low resolution, ``inner(x, σ, **extra_args) -> x0``.
     - The options: an :class:`~ug_core.UpsampleGuidanceConfig` (``config=``), or its fields as
-      keywords: ``factors`` (default ``(2, 2)``: ``k = 4``; ratios such as 3/2 too), ``scale``
+      keywords: ``factors`` (default ``(2, 2)``: ``k = 4``; one number means both spatial axes;
+      ratios such as 1.5 or '3/2' too), ``scale``
       (θ, or a callable of the time fraction, 1 = noisiest), ``eta`` (η: on while the time
       fraction is ``>= 1 − η``), ``below_range`` (where ``σ/√k < sigma_min``: ``"clamp"`` calls
       at ``sigma_min``, ``"skip"``, ``"error"``), ``time_matching`` (``"exact"`` by default here;
@@ -188,6 +190,8 @@ class UpsampleGuidedDenoiser(nn.Module):
         if config is None:  # this adapter's defaults for the short form
             options.setdefault("time_matching", DEFAULT_TIME_MATCHING)
             options.setdefault("device_time", "read")
+        if isinstance(factors, (str, numbers.Real)):  # one number: both spatial axes
+            factors = parse_factors(factors)
         config = resolve_config(config, factors=factors, scale=scale, **options)
         schedule = _sigma_schedule(inner, sigma_min, sigma_max, fraction)
         self.inner_model = inner

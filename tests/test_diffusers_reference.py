@@ -7,6 +7,7 @@ repeat_interleave, independently of ug_core's operators and schedules.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -315,3 +316,27 @@ def test_fractional_timesteps_are_handled_exactly():
         torch.testing.assert_close(low_named["sample"], D(x, (2, 2)) / math.sqrt(power))
         torch.testing.assert_close(g, eps + U(eps_low / 2 - D(eps, (2, 2)), (2, 2)))
     assert fractional >= 2 and fractional_tau >= 1
+
+
+def test_fractional_factor_matches_the_whitened_eq10():
+    """SD at 1.5x (8x8 latents trained, 12x12 sampled): docs/maths.md §13, operators by hand."""
+    import fractional_reference as ref
+
+    pipe = tiny_sd_pipeline()
+    apply_upsample_guidance(pipe, 1.5, 1.0)
+    rec, out = ForwardRecorder(pipe.unet), OutputRecorder(pipe.unet)
+    pipe(**sd_call_kwargs(height=24, width=24, steps=2, cfg=5.0))
+    highs, lows, guided = split_calls(rec, out, (2, 4, 12, 12))
+    assert len(highs) == len(lows) == 2 and lows[0][0]["sample"].shape == (2, 4, 8, 8)
+    alphas, k, f = pipe.scheduler.alphas_cumprod, 2.25, (Fraction(3, 2),) * 2
+    for (named, eps), (low_named, eps_low), g in zip(highs, lows, guided, strict=True):
+        x, t = named["sample"], int(named["timestep"])
+        power = float(alphas[t]) + (1 - float(alphas[t])) / k
+        expected_in = ref.W(ref.D(x, f), f) / math.sqrt(power)
+        torch.testing.assert_close(low_named["sample"], expected_in, rtol=1e-5, atol=1e-6)
+        assert int(low_named["timestep"]) == nearest_tau(alphas, t, k)
+        reference = eps + ref.U(ref.W_inv(eps_low, f) / math.sqrt(k) - ref.D(eps, f), f)
+        torch.testing.assert_close(g, reference, rtol=1e-5, atol=1e-5)
+    expected = r"height=26 gives a latent height of 13; the factor 3/2 needs multiples of 3 .*: "
+    with pytest.raises(ValueError, match=expected + r"use height=24 or 30"):
+        pipe(**sd_call_kwargs(height=26, width=24, steps=1))

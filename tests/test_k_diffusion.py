@@ -15,6 +15,7 @@ import math
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import k_diffusion as K
 import pytest
@@ -694,3 +695,24 @@ def test_bad_cfg_inputs_raise():
         cfg(x, 1.0, uncond=[good["uncond"]], cond=good["cond"], cond_scale=2.0)
     with pytest.raises(ValueError, match="sigma must be a number or hold 1 or 2 values"):
         cfg(x, torch.ones(3), **good)
+
+
+@pytest.mark.parametrize("kind", ["eps", "edm"])
+def test_fractional_factors_match_the_whitened_reference(kind):
+    """1.5x in sigma space: denoised + w·U[W⁻¹[inner(W[D[x]], σ/√k)] − D[denoised]] (maths §13)."""
+    import fractional_reference as ref
+
+    inner = INNERS[kind]()
+    f = (Fraction(3, 2), Fraction(3, 2))
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(5), dtype=F64) * 2
+    sigma = torch.tensor([3.0, 0.7], dtype=F64)
+    out = UpsampleGuidedDenoiser(inner, 1.5, scale=1.3)(x, sigma)
+    low_sigma = (sigma / 1.5).clamp_min(sigma_range(inner)[0])  # √k = 1.5 for k = 9/4
+    low = ref.W_inv(inner(ref.W(ref.D(x, f), f), low_sigma), f)
+    denoised = inner(x, sigma)
+    expected = denoised + 1.3 * ref.U(low - ref.D(denoised, f), f)
+    torch.testing.assert_close(out, expected, **ONE_CALL)
+    with pytest.raises(
+        ValueError, match=r"trailing sizes \(12, 13\) that the factors \(3/2, 3/2\)"
+    ):
+        UpsampleGuidedDenoiser(inner, 1.5)(torch.zeros(2, 3, 12, 13, dtype=F64), sigma)

@@ -1,6 +1,7 @@
 """The guidance kernel and UpsampleGuidance: Eq. 10 by hand, w = 0, CFG, the four forms, errors."""
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -497,3 +498,35 @@ def test_time_map_errors_and_mixed_times():
     assert low_t.shape == (1, 1, 2, 1, 1) and low_t[0, 0, 0, 0, 0] == low_t[0, 0, 1, 0, 0]
     with pytest.raises(ValueError, match=r"mixed_times must be one of"):
         UpsampleGuidance(SD, mixed_times="median")
+
+
+# ---------------------------------------------------------------- fractional factors
+@pytest.mark.parametrize(
+    "shape, factors",
+    [
+        ((2, 3, 12, 12), ("3/2", "3/2")),
+        ((2, 3, 8, 15), ("4/3", "5/4")),
+        ((1, 2, 4, 6, 6), (2, 1, 1.5)),
+    ],
+)
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_fractional_factors_equal_the_hand_written_whitened_eq10(shape, factors, prediction):
+    """p + w·U[r·W⁻¹[p(c·W[D[x]], τ)] − D[p] + q·D[x]] with operators built by hand (maths §13)."""
+    import fractional_reference as ref
+
+    fr = [Fraction(str(f)) for f in factors]
+    model = Model(shape[1])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+    t = 640.0
+    got = UpsampleGuidance(SD, factors, 1.3, prediction, "exact").wrap(model)(x, t)
+    k = float(math.prod(fr))
+    a_bar = float(SD.alpha_bar(torch.tensor(t, dtype=F64)))
+    a, s = math.sqrt(a_bar), math.sqrt(1 - a_bar)
+    c = 1 / math.sqrt(a_bar + (1 - a_bar) / k)
+    tau = hand_tau(t, k, "exact")
+    low_in = c * ref.W(ref.D(x, fr), fr)
+    p, p_low = model(x, t), ref.W_inv(model(low_in, tau), fr)
+    a, s, c = (torch.tensor(v, dtype=F64) for v in (a, s, c))
+    r, q = guidance_coefficients(prediction, a, s, c, k)
+    expected = p + 1.3 * ref.U(float(r) * p_low - ref.D(p, fr) + float(q) * ref.D(x, fr), fr)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
