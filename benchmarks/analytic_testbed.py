@@ -6,7 +6,7 @@ Reproduce (from the repository root, about 2-4 minutes on 2 CPU cores):
 
 Writes benchmarks/results/analytic_testbed.md. The data is a stationary Gaussian field seen at two
 resolutions; the model is its exact ε-predictor at the trained size, applied at the larger size as
-a fixed trained-size pixel kernel (see ug_core/testbed.py). Every method is sampled by DDIM from
+a fixed trained-size pixel kernel (see benchmarks/testbed.py). Every method is sampled by DDIM from
 the same seed; the metric is the mean |log(P̂/λ)| over frequencies between the power spectrum of
 the samples and that of the data: "coarse" for D[x] against the trained-resolution data, "fine"
 for x against the high-resolution data.
@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-
-from ug_core.testbed import CASES, run
+from testbed import CASES, run  # benchmarks/testbed.py
 
 N, STEPS, SEED = 512, 250, 0
 OUT = Path(__file__).parent / "results" / "analytic_testbed.md"

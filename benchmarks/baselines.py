@@ -1,5 +1,6 @@
-"""What only the benchmarks need: the HiRes.fix (SDEdit) baseline and model-call counting.
+"""What only the benchmarks need: the baselines UG is compared with, and model-call counting.
 
+- :func:`lanczos`: Lanczos upscaling of trained-size samples (PIL), next to bicubic;
 - :func:`sdedit`: SDEdit at the images' size (noise to timestep ``strength·(N − 1)``, then DDIM
   back to 0), the second half of HiRes.fix; it samples a :class:`TruncatedSchedule` view of the
   demo model.
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ug_core.demo.model import DemoModel, default_labels, generate, initial_noise
@@ -94,3 +96,16 @@ def sdedit(
         noise=xt, batch_size=batch_size, progress=progress, desc=f"SDEdit {strength}",
         factors=factors, scale=scale, eta=eta,
     )  # fmt: skip
+
+
+def lanczos(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Lanczos upscaling (PIL, per channel in float32)."""
+    from PIL import Image
+
+    out = np.empty((images.shape[0], images.shape[1], *size), dtype=np.float32)
+    arr = images.numpy().astype(np.float32)
+    for i in range(arr.shape[0]):
+        for c in range(arr.shape[1]):
+            img = Image.fromarray(arr[i, c], mode="F")
+            out[i, c] = np.asarray(img.resize((size[1], size[0]), Image.LANCZOS))
+    return torch.from_numpy(out).clamp(-1, 1)

@@ -17,7 +17,7 @@ an earlier one freed and look free). tracemalloc cannot see torch's allocations.
 
 UG's extra cost is compared with the ideal η/k of the model cost (k = factor²): the low-resolution
 call has 1/k of the pixels and runs only while w ≠ 0. Writes ``results/cost-<device>.json`` and
-regenerates ``RESULTS.md``.
+regenerates ``RESULTS.md`` (``benchmarks/report.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 sys.path.insert(0, str(ROOT))
 
-from baselines import CallCounter  # noqa: E402
+import report  # noqa: E402
+from baselines import CallCounter, lanczos, sdedit  # noqa: E402
 
 
 def methods(factor: int) -> list[tuple[str, dict]]:
@@ -59,9 +60,6 @@ def methods(factor: int) -> list[tuple[str, dict]]:
 
 def run_method(model, factor: int, opts: dict, n: int, steps: int, batch: int) -> torch.Tensor:
     """Sample one method (the same seeds as every other)."""
-    from baselines import sdedit
-    from quality import lanczos
-
     from ug_core.demo.model import default_labels, generate, initial_noise, low_res_noise
 
     size = (32 * factor, 32 * factor)
@@ -182,55 +180,6 @@ def measure_factor(model, factor: int, args) -> dict:
     return rows
 
 
-def report_lines(res: dict) -> list[str]:
-    """The cost section of RESULTS.md for one result file."""
-    cfg = res["config"]
-    lines = [
-        f"## Cost on {cfg['device']}",
-        "",
-        f"{cfg['n']} samples, {cfg['steps']} DDIM steps, batch {cfg['batch_size']}, median of "
-        f"{cfg['repeats']} interleaved rounds; ratios to naive sampling in the same run "
-        f"(CFG rows: to naive + CFG 2). Peak memory: {cfg['memory_method']}. "
-        f"Command: `{cfg['command']}`.",
-        "",
-        "*UG extra time* is UG's wall time over naive's, minus 1. *Ideal η/k* counts pixels: "
-        "the low-resolution call has 1/k of them and runs on the noisiest η of the steps. "
-        "*Measured call cost* is η times the measured cost of the trained-size call relative to "
-        "the high-resolution one (the time ratio of *trained size + bicubic*, which runs only "
-        "trained-size calls): small calls cost more than their pixel share (fixed per-call work "
-        "and framework overhead), so this is the extra time UG would add if its own tensor "
-        "operations were free. The difference between *UG extra time* and it is UG's own "
-        "overhead (block means, repeats, the guidance arithmetic, the time matching).",
-        "",
-    ]
-    for f, rows in res["factors"].items():
-        lines += [
-            f"### {f}× ({32 * int(f)}×{32 * int(f)}, k = {int(f) ** 2})",
-            "",
-            "| method | wall time | time ratio | model calls (by size) | pixels ratio "
-            "| peak memory | memory ratio | UG extra time | ideal η/k | measured call cost |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        low_ratio = rows["trained size + bicubic"]["time_ratio"]
-        for name, v in rows.items():
-            calls = ", ".join(f"{n}@{s}" for s, n in v["calls_by_size"].items())
-            mem = f"{v['peak_bytes'] / 2**20:.1f} MiB" if v["peak_bytes"] is not None else "-"
-            mr = f"{v['memory_ratio']:.2f}" if v["memory_ratio"] is not None else "-"
-            extra = f"{100 * v['extra_time']:+.1f}%" if "extra_time" in v else ""
-            ideal = f"{100 * v['ideal_extra']:.1f}%" if "ideal_extra" in v else ""
-            measured = ""
-            if "ideal_extra" in v:
-                eta = v["ideal_extra"] * int(f) ** 2
-                measured = f"{100 * eta * low_ratio:.1f}%"
-            lines.append(
-                f"| {name} | {v['seconds']:.2f} s | {v['time_ratio']:.3f} | {v['calls']} "
-                f"({calls}) | {v['pixels_ratio']:.3f} | {mem} | {mr} | {extra} | {ideal} "
-                f"| {measured} |"
-            )
-        lines.append("")
-    return lines
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=16)
@@ -250,8 +199,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
-    from quality import write_report
-
     from ug_core.demo.model import load
 
     model = load(None, args.device)
@@ -285,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = args.tag or ("cuda" if args.device.startswith("cuda") else "cpu")
     (RESULTS / f"cost-{tag}.json").write_text(json.dumps(res, indent=2, ensure_ascii=False))
-    write_report()
+    report.write_report()
     for f, rows in res["factors"].items():
         for name, v in rows.items():
             if "extra_time" in v:

@@ -13,10 +13,10 @@ ground truth rendered at that size:
 - *duplication*: scenes with two shapes (same colour and texture, each 0.6–0.9 of the usual size);
 - *texture removed* (textured only): the independent set rendered with zero texture amplitude.
 
-Columns: domain Fréchet (``ug_core.demo.encoder``), the hand-crafted Fréchet
+Columns: domain Fréchet (``benchmarks/domain_encoder.py``), the hand-crafted Fréchet
 (``ug_core.demo.metrics``) and the fraction of images segmented as exactly one object. Writes
-``benchmarks/results/domain_metric.json``; ``python benchmarks/quality_v2.py --stage measure``
-puts it in ``benchmarks/RESULTS.md``.
+``benchmarks/results/domain_metric.json``; ``python benchmarks/report.py`` puts it in
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from domain_encoder import load_encoder
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -66,7 +67,6 @@ def sets(data: str, size: int, n: int, seed: int) -> dict[str, torch.Tensor]:
 def run(args: argparse.Namespace) -> dict:
     """All rows; returns the JSON-ready results."""
     from ug_core.demo import metrics, textured
-    from ug_core.demo.encoder import load_encoder
     from ug_core.demo.metrics import frechet_distance
 
     encoder = load_encoder()
@@ -102,8 +102,8 @@ def report_lines(res: dict) -> list[str]:
         "## The domain Fréchet distance: sanity",
         "",
         f"{cfg['n']} images per set against {cfg['n_ref']} ground-truth images rendered at the "
-        f"same size; encoder `ug_core/assets/domain_encoder` "
-        f"([TRAINING.md](../ug_core/assets/domain_encoder/TRAINING.md)). Command: "
+        f"same size; encoder `benchmarks/assets/domain_encoder` "
+        f"([TRAINING.md](assets/domain_encoder/TRAINING.md)). Command: "
         f"`{cfg['command']}` ({cfg['seconds']:.0f} s).",
         "",
     ]

@@ -27,7 +27,8 @@ for the latent transformer through ``ug_core.adapters.diffusers.apply_upsample_g
 ``StableDiffusion3Pipeline`` (and on a ``StableDiffusion3Img2ImgPipeline`` sharing its components
 for HiRes.fix). Metrics against ground truth rendered at the target size: exactly one object, mean
 objects and area, size W1, the hand-crafted Fréchet distance and its groups
-(``ug_core.demo.metrics``), and the domain Fréchet distance (``ug_core.demo.encoder``).
+(``ug_core.demo.metrics``), and the domain Fréchet distance (``benchmarks/domain_encoder.py``).
+The tables in RESULTS.md come from ``benchmarks/report.py``.
 """
 
 from __future__ import annotations
@@ -42,30 +43,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import report
 import torch
 import torch.nn.functional as F
+from baselines import lanczos, sdedit
+from domain_encoder import load_encoder
+from report import ETAS, LOW_ROW, STRENGTHS, THETAS, TRUTH_ROW
 
-ROOT = Path(__file__).resolve().parent
-OUT = ROOT / "results" / "quality_v2"
-STRENGTHS = (0.3, 0.5, 0.7)
-THETAS = (0.5, 1.3, 1.6)
-ETAS = (0.2, 0.4, 0.6, 0.8)
-GROUPS = ("layout", "texture", "geometry")
-TRUTH_ROW = "ground truth (independent set)"
-LOW_ROW = "(trained size itself, vs truth at 32×32)"
-
-
-def lanczos(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Lanczos upscaling (PIL, per channel in float32)."""
-    from PIL import Image
-
-    out = np.empty((images.shape[0], images.shape[1], *size), dtype=np.float32)
-    arr = images.numpy().astype(np.float32)
-    for i in range(arr.shape[0]):
-        for c in range(arr.shape[1]):
-            img = Image.fromarray(arr[i, c], mode="F")
-            out[i, c] = np.asarray(img.resize((size[1], size[0]), Image.LANCZOS))
-    return torch.from_numpy(out).clamp(-1, 1)
+OUT = report.QUALITY_V2
 
 
 class PixelRunner:
@@ -99,8 +84,6 @@ class PixelRunner:
 
     def hires(self, images: torch.Tensor, strength: float, theta=None, eta=1.0) -> torch.Tensor:
         """SDEdit of ``images`` at ``strength``, with UG (θ, η) when θ is given."""
-        from baselines import sdedit
-
         ug = {} if theta is None else dict(factors=self.fac, scale=theta, eta=eta)
         return sdedit(self.model, images, strength, seed=0, steps=self.steps, labels=self.labels,
                       cfg=self.args.cfg, batch_size=self.args.batch_size, progress=False,
@@ -321,7 +304,6 @@ def sample_cell(args: argparse.Namespace) -> Path:
 
 def measure_cell(folder: Path, n_ref: int) -> Path:
     """Metrics of every stored method of one cell against ground truth; writes its JSON and PNGs."""
-    from ug_core.demo.encoder import load_encoder
     from ug_core.demo.registry import shipped_model
 
     runs = json.loads((folder / "runs.json").read_text())
@@ -376,215 +358,6 @@ def measure_cell(folder: Path, n_ref: int) -> Path:
     return path
 
 
-def _fmt_row(name: str, v: dict) -> str:
-    groups = "".join(f"| {v[f'frechet_{g}']:.1f} " for g in GROUPS)
-    return (
-        f"| {name} | {v['n']} | {100 * v['one_object']:.1f}% | {v['mean_objects']:.2f} "
-        f"| {v['mean_area']:.3f} | {v['size_w1']:.4f} | {v['frechet']:.1f} {groups}"
-        f"| **{v['domain_frechet']:.2f}** | {v['seconds']:.0f} |"
-    )
-
-
-def report_lines() -> list[str]:
-    """The RESULTS.md sections for every cell in ``results/quality_v2``."""
-    files = sorted(OUT.glob("*.json"))
-    if not files:
-        return []
-    order = {"shapes": 0, "textured": 1, "latent-flow": 2}
-    cells = [json.loads(p.read_text()) for p in files]
-    cells.sort(key=lambda d: (order.get(d["model"], 9), d["factor"], d["steps"]))
-    lines = ["## Quality, version 2: three models, UG against the alternatives", ""]
-    lines += [
-        "Each table: one model at one factor and step count, the same seeds and class labels "
-        "(sample i: seed i, class i mod 4) for every method. *n*: samples in that row (the "
-        "sweeps use fewer). Columns as in the first benchmark, plus the *domain Fréchet* "
-        "distance on the learned encoder's features (bold; lower is better; the ground-truth "
-        "row is its floor at that n). Pixel UNets: DDIM (η_DDIM = 0), UG through the core; "
-        "latent flow: the real `StableDiffusion3Pipeline` (Euler flow matching), UG through "
-        "`apply_upsample_guidance`, HiRes.fix through `StableDiffusion3Img2ImgPipeline` on the "
-        "same components. HiRes.fix s: the bicubic image noised to strength s and denoised at "
-        "the high resolution with round(s·steps) steps.",
-        "",
-    ]
-    for d in cells:
-        f = d["factor"]
-        lines += [
-            f"### {d['model']}, {f}× ({32 * f}×{32 * f}), {d['steps']} steps, CFG {d['cfg']:g}",
-            "",
-        ]
-        lines += ["Sampled with:", ""] + [f"- `{r['command']}`" for r in d["runs"]]
-        lines += ["", "and measured with `python benchmarks/quality_v2.py --stage measure` "
-                  f"({d['n_ref']} ground-truth reference images).", ""]  # fmt: skip
-        lines += [
-            "| method | n | one object | mean objects | area | size W1 ↓ | Fréchet ↓ "
-            "| (layout | texture | geometry) | domain Fréchet ↓ | seconds |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        rows = d["rows"]
-        names = [k for k in rows if k.startswith(TRUTH_ROW)]
-        names += [k for k in rows if not k.startswith(TRUTH_ROW) and k != LOW_ROW]
-        names += [LOW_ROW] if LOW_ROW in rows else []
-        lines += [_fmt_row(k, rows[k]) for k in names]
-        grids = sorted(OUT.glob(f"{d['model']}_{f}x_{d['steps']}steps_*.png"))
-        links = [f"[{g.stem.split('_')[-1]}](results/quality_v2/{g.name})" for g in grids]
-        lines += ["", "Samples: " + ", ".join(links), ""]
-    return lines + sweep_lines(cells) + target_lines(cells)
-
-
-#: The swept parameters: (label, values in table order, row name of UG at a value).
-SWEEPS = (
-    ("θ", (0.5, 1.0) + THETAS[1:], lambda v: f"UG θ={v:g} η=1"),
-    ("η", ETAS + (1.0,), lambda v: f"UG θ=1 η={v:g}"),
-)
-
-
-def sweep_rows(cell: dict, values: tuple, key) -> dict[float, dict]:
-    """The measured rows of one sweep in ``cell``, by value, all on the sweep's n."""
-    r = {v: cell["rows"][key(v)] for v in values if key(v) in cell["rows"]}
-    n = min((x["n"] for x in r.values()), default=0)
-    return {v: cell["rows"].get(f"{key(v)}, first {n}", x) for v, x in r.items()}
-
-
-def sweep_best(r: dict[float, dict]) -> tuple[float, list[float]]:
-    """(value with the lowest domain Fréchet, values with the most single objects)."""
-    best = min(r, key=lambda v: r[v]["domain_frechet"])
-    top = max(x["one_object"] for x in r.values())
-    return best, [v for v in r if r[v]["one_object"] == top]
-
-
-def sweep_lines(cells: list[dict]) -> list[str]:
-    """Two tables over every cell with a sweep: UG's θ and η values side by side, best named."""
-    lines: list[str] = []
-    for label, values, key in SWEEPS:
-        swept = [d for d in cells if len(sweep_rows(d, values, key)) > 2]
-        if not swept:
-            continue
-        lines += [
-            f"### The {label} sweep in every cell",
-            "",
-            f"Each entry: one object · domain Fréchet, for UG at that {label}, all on the same n "
-            "samples (the sweep's; θ = η = 1 on its first n where its row has more). *best*: "
-            f"the {label} with the lowest domain Fréchet, and in brackets the {label} values "
-            "with the most single objects.",
-            "",
-            "| model | factor | steps | "
-            + " | ".join(f"{label} = {v:g}" for v in values)
-            + " | best (most one object) |",
-            "| --- | --- | --- | " + "--- | " * len(values) + "--- |",
-        ]
-        for d in swept:
-            r = sweep_rows(d, values, key)
-            cols = [
-                f"{_pct(r[v]['one_object'])} · {r[v]['domain_frechet']:.1f}" if v in r else "–"
-                for v in values
-            ]
-            best, most = sweep_best(r)
-            lines.append(
-                f"| {d['model']} | {d['factor']}× | {d['steps']} | " + " | ".join(cols)
-                + f" | **{best:g}** ({', '.join(f'{v:g}' for v in most)}) |"
-            )  # fmt: skip
-        lines.append("")
-    return lines
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
-
-
-def _cell(cells: list[dict], model: str, factor: int, steps: int = 20) -> dict | None:
-    return next(
-        (d for d in cells if (d["model"], d["factor"], d["steps"]) == (model, factor, steps)), None
-    )
-
-
-def target_lines(cells: list[dict]) -> list[str]:
-    """The issue's targets, computed from the measured cells (met or not)."""
-    lines = ["### Targets (quality, version 2)", ""]
-    tex = _cell(cells, "textured", 2)
-    if tex is not None:
-        r = tex["rows"]
-        ug, bic, lan = r["UG θ=1 η=1"], r["trained size + bicubic"], r["trained size + Lanczos"]
-        ok = ug["domain_frechet"] < min(bic["domain_frechet"], lan["domain_frechet"])
-        ok1 = ug["one_object"] >= 0.9
-        lines.append(
-            f"- Textured, 2×: UG (θ = 1, η = 1) domain Fréchet {ug['domain_frechet']:.2f} against "
-            f"bicubic {bic['domain_frechet']:.2f} and Lanczos {lan['domain_frechet']:.2f} "
-            f"(target: lower): {'**met**' if ok else '**not met**'}; one object "
-            f"{_pct(ug['one_object'])} (target ≥ 90%): {'**met**' if ok1 else '**not met**'} "
-            f"(naive {_pct(r['naive']['one_object'])}, n = {ug['n']})."
-        )
-    lat = _cell(cells, "latent-flow", 2)
-    if lat is not None:
-        r = lat["rows"]
-        nv = r["naive"]
-        etas = {k: v for k, v in r.items() if k.startswith("UG θ=1 η=") and ", " not in k}
-        eta = {k: k.split("η=")[1] for k in etas}
-        meeting = [
-            eta[k]
-            for k, v in etas.items()
-            if v["one_object"] >= 0.9 and nv["one_object"] <= v["one_object"] - 0.1
-        ]
-        lines.append(
-            "- Latent flow transformer, 2×: one object with UG (θ = 1) "
-            + ", ".join(f"η = {eta[k]}: {_pct(v['one_object'])}" for k, v in etas.items())
-            + f"; naive {_pct(nv['one_object'])} (target: UG ≥ 90% where naive clearly fewer, "
-            "here at least 10 points): "
-            + (f"**met** at η = {', '.join(meeting)}" if meeting else "**not met**")
-            + (f", not at η = {', '.join(eta[k] for k in etas if eta[k] not in meeting)}."
-               if meeting and len(meeting) < len(etas) else ".")
-        )  # fmt: skip
-        best_one = max(v["one_object"] for v in etas.values())
-        tied = [eta[k] for k, v in etas.items() if v["one_object"] == best_one]
-        by_domain = min(etas, key=lambda k: etas[k]["domain_frechet"])
-        n = min(v["n"] for v in etas.values())
-        lines.append(
-            f"- η sweep on the latent transformer (the paper: η ≈ 0.6 best for latent models): "
-            f"most single objects at η = {', '.join(tied)} ({_pct(best_one)}); domain Fréchet "
-            + ", ".join(f"η = {eta[k]}: {v['domain_frechet']:.2f}" for k, v in etas.items())
-            + f", lowest at η = **{eta[by_domain]}**. "
-            + ("This agrees with the paper's η ≈ 0.6; " if eta[by_domain] == "0.6" else
-               "η = 0.6 is not singled out here: ")
-            + (f"with n = {n} one sample is {100 / n:.1f} points of one-object rate, so the "
-               "one-object differences across η are within a sample or two.")
-        )  # fmt: skip
-    _, values, key = SWEEPS[1]
-    swept = [(d, sweep_rows(d, values, key)) for d in cells if d["model"] == "latent-flow"]
-    swept = [(d, sweep_best(r)) for d, r in swept if len(r) > 2]
-    if swept:
-        parts = [
-            f"{d['factor']}× {d['steps']} steps: η = {best:g} (most single objects at η = "
-            f"{', '.join(f'{v:g}' for v in most)})"
-            for d, (best, most) in swept
-        ]
-        bests = [best for _, (best, _) in swept]
-        one = len(set(bests)) == 1
-        verdict = (
-            "the same η is lowest in every cell" if one else "no single η is lowest in every cell"
-        )
-        verdict += "; η = 0.6 is " + ("never" if 0.6 not in bests else "sometimes")
-        lines.append(
-            "- The η sweep on the latent transformer in every cell (lowest domain Fréchet; the "
-            f"η sweep table above): {'; '.join(parts)}. So {verdict} the lowest."
-        )
-    for d in cells:
-        r = d["rows"]
-        pairs = [
-            (s, r.get(f"HiRes.fix s={s:g}"), r.get(f"HiRes.fix s={s:g} + UG θ=1 η=1"))
-            for s in STRENGTHS
-        ]
-        pairs = [(s, a, b) for s, a, b in pairs if a is not None and b is not None]
-        if not pairs:
-            continue
-        text = "; ".join(
-            f"s = {s:g}: {_pct(a['one_object'])} → {_pct(b['one_object'])}" for s, a, b in pairs
-        )
-        lines.append(
-            f"- HiRes.fix without → with UG in its high-resolution pass, one object, "
-            f"{d['model']} {d['factor']}× {d['steps']} steps: {text}."
-        )
-    return lines + [""]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="textured", help="shapes, textured or latent-flow")
@@ -622,10 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         for folder in sorted(Path(args.samples_dir).glob("*_*x_*steps")):
             print(f"measuring {folder.name}", flush=True)
             measure_cell(folder, args.n_ref)
-    sys.path.insert(0, str(ROOT))
-    from quality import write_report
-
-    write_report()
+    report.write_report()
     return 0
 
 

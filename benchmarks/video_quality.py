@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from domain_encoder import load_encoder
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"  # --results changes these three
@@ -65,8 +66,6 @@ def _encoder():
     """The image proving ground's domain encoder (loaded once)."""
     global _ENCODER
     if _ENCODER is None:
-        from ug_core.demo.encoder import load_encoder
-
         _ENCODER = load_encoder()
     return _ENCODER
 
@@ -385,7 +384,7 @@ def write_report(results: dict | None = None) -> str:
         "*frame Fréchet*: the Fréchet distance of the 40 hand-crafted image features of "
         "`ug_core/demo/metrics.py` over all frames, against ground-truth frames; *frame domain "
         "Fréchet*: the same on the image proving ground's learned encoder features "
-        "(`ug_core/demo/encoder.py`, `ug_core/assets/domain_encoder`).",
+        "(`benchmarks/domain_encoder.py`, `benchmarks/assets/domain_encoder`).",
         "",
         "### Targets (video)",
         "",

@@ -12,16 +12,21 @@ biases (Wan, CogVideoX, HunyuanVideo's token refiner).
 Every ``<family>_call_kwargs(...)`` returns the keyword arguments of one pipeline call: random
 prompt embeddings shaped like the text encoders' outputs (``SEQ`` tokens, small widths, masks
 where the pipeline wants them), ``output_type="latent"`` and a seeded generator, so
-``pipe(**kwargs)[0]`` is the final latent.
+``pipe(**kwargs)[0]`` is the final latent. They are the entries of one table, :data:`CALLS`
+(a :class:`Call` per family: its trained size, default guidance and the text conditioning it
+takes), at the end of the module.
 
 The ``*_TRAINED`` constants are the pixel sizes (and frame counts) each tiny transformer was
 "trained" at: its ``sample_size`` (or the scheduler's / binning's reference size) matches them.
 Every call at the trained size and at twice it (and twice the latent frames) takes well under
-0.2 s on one CPU thread with 2 steps. ``_families()`` lists them all for parametrised tests;
+0.2 s on one CPU thread with 2 steps. ``_families()`` lists them all (the self-check's cases);
 ``python tests/diffusers_transformers.py`` runs the self-check.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from diffusers_models import randomize_zero_params
@@ -29,10 +34,6 @@ from diffusers_models import randomize_zero_params
 SEQ = 8  # text tokens per prompt
 TEXT_DIM = 32  # width of every tiny text-encoder hidden state
 POOLED_DIM = 32  # width of every tiny pooled text embedding
-
-
-def _randn(gen: torch.Generator, *shape: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen)
 
 
 def _finish(pipe, seed: int):
@@ -46,11 +47,20 @@ def _finish(pipe, seed: int):
     return pipe
 
 
-def _build(cls, seed: int, config: dict, overrides: dict):
+def _build(cls, seed: int, config: dict, overrides: dict | None = None):
     """``cls(**config)`` with ``overrides`` applied, built under ``torch.manual_seed(seed)``."""
-    config = {**config, **overrides}
+    config = {**config, **(overrides or {})}
     torch.manual_seed(seed)
     return cls(**config).eval()
+
+
+def _pipeline(cls, seed: int, text_encoders: int = 1, **components):
+    """``cls(**components)`` with ``text_encoders`` text encoders and tokenizers, all None,
+    finished by :func:`_finish`."""
+    for i in range(1, text_encoders + 1):
+        suffix = "" if i == 1 else f"_{i}"
+        components.update({f"text_encoder{suffix}": None, f"tokenizer{suffix}": None})
+    return _finish(cls(**components), seed)
 
 
 def tiny_kl_vae(latent_channels: int = 4, seed: int = 1, **config):
@@ -58,19 +68,13 @@ def tiny_kl_vae(latent_channels: int = 4, seed: int = 1, **config):
     from diffusers import AutoencoderKL
 
     base = dict(
-        in_channels=3,
-        out_channels=3,
+        in_channels=3, out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=4,
-        sample_size=32,
-    )
-    base.update(config)
-    torch.manual_seed(seed)
-    return AutoencoderKL(**base).eval()
+        block_out_channels=(8, 8), layers_per_block=1, latent_channels=latent_channels,
+        norm_num_groups=4, sample_size=32,
+    )  # fmt: skip
+    return _build(AutoencoderKL, seed, base, config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,53 +105,19 @@ def tiny_sd3_pipeline(seed: int = 0, **overrides):
         StableDiffusion3Pipeline,
     )
 
-    transformer = _build(
-        SD3Transformer2DModel,
+    transformer = _build(SD3Transformer2DModel, seed, dict(
+        sample_size=SD3_TRAINED // 2, patch_size=2, in_channels=SD3_LATENT_CHANNELS,
+        out_channels=SD3_LATENT_CHANNELS, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=TEXT_DIM,
+        pooled_projection_dim=POOLED_DIM,
+    ), overrides)  # fmt: skip
+    return _pipeline(
+        StableDiffusion3Pipeline,
         seed,
-        dict(
-            sample_size=SD3_TRAINED // 2,
-            patch_size=2,
-            in_channels=SD3_LATENT_CHANNELS,
-            out_channels=SD3_LATENT_CHANNELS,
-            num_layers=2,
-            attention_head_dim=8,
-            num_attention_heads=4,
-            caption_projection_dim=32,
-            joint_attention_dim=TEXT_DIM,
-            pooled_projection_dim=POOLED_DIM,
-        ),
-        overrides,
-    )
-    pipe = StableDiffusion3Pipeline(
+        text_encoders=3,
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
         vae=tiny_kl_vae(SD3_LATENT_CHANNELS, shift_factor=0.0609, scaling_factor=1.5035),
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        text_encoder_3=None,
-        tokenizer_3=None,
-    )
-    return _finish(pipe, seed)
-
-
-def sd3_call_kwargs(
-    height: int = SD3_TRAINED, width: int = SD3_TRAINED, steps: int = 2, cfg: float = 5.0, seed=0
-):
-    """Arguments for a tiny SD3 call (CFG when ``cfg > 1``), output as latents (1, 4, h/2, w/2)."""
-    gen = torch.Generator().manual_seed(seed)
-    return dict(
-        prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        negative_prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        pooled_prompt_embeds=_randn(gen, 1, POOLED_DIM),
-        negative_pooled_prompt_embeds=_randn(gen, 1, POOLED_DIM),
-        height=height,
-        width=width,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
     )
 
 
@@ -157,6 +127,13 @@ def sd3_call_kwargs(
 
 FLUX_TRAINED = 32  # pixels; latents 16x16 (VAE factor 2), packed into 8x8 = 64 tokens
 FLUX_LATENT_CHANNELS = 4  # packed token width 4 * 2 * 2 = 16 (real Flux: 16 -> 64)
+_NO_QUANT = dict(use_quant_conv=False, use_post_quant_conv=False)  # Flux's VAE (and Chroma's)
+#: The tiny Flux transformer's configuration (Chroma's transformer shares it).
+_FLUX_TRANSFORMER = dict(
+    patch_size=1, in_channels=4 * FLUX_LATENT_CHANNELS, num_layers=1,
+    num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+    joint_attention_dim=TEXT_DIM, axes_dims_rope=(4, 6, 6),
+)  # fmt: skip
 
 
 def flux_scheduler(dynamic: bool = True):
@@ -168,14 +145,10 @@ def flux_scheduler(dynamic: bool = True):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     return FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0 if dynamic else 1.0,
-        use_dynamic_shifting=dynamic,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=4,
-        max_image_seq_len=(FLUX_TRAINED // 4) ** 2,
-    )
+        num_train_timesteps=1000, shift=3.0 if dynamic else 1.0,
+        use_dynamic_shifting=dynamic, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=4, max_image_seq_len=(FLUX_TRAINED // 4) ** 2,
+    )  # fmt: skip
 
 
 def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, **overrides):
@@ -202,70 +175,19 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, **overrides)
     """
     from diffusers import FluxPipeline, FluxTransformer2DModel
 
-    transformer = _build(
-        FluxTransformer2DModel,
-        seed,
-        dict(
-            patch_size=1,
-            in_channels=4 * FLUX_LATENT_CHANNELS,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=TEXT_DIM,
-            pooled_projection_dim=POOLED_DIM,
-            guidance_embeds=guidance_embeds,
-            axes_dims_rope=(4, 6, 6),
-        ),
-        overrides,
+    config = dict(
+        _FLUX_TRANSFORMER, pooled_projection_dim=POOLED_DIM, guidance_embeds=guidance_embeds
     )
-    pipe = FluxPipeline(
+    transformer = _build(FluxTransformer2DModel, seed, config, overrides)
+    vae = tiny_kl_vae(FLUX_LATENT_CHANNELS, shift_factor=0.1159, scaling_factor=0.3611, **_NO_QUANT)
+    return _pipeline(
+        FluxPipeline,
+        seed,
+        text_encoders=2,
         transformer=transformer,
         scheduler=flux_scheduler(dynamic=guidance_embeds),
-        vae=tiny_kl_vae(
-            FLUX_LATENT_CHANNELS,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            shift_factor=0.1159,
-            scaling_factor=0.3611,
-        ),
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
+        vae=vae,
     )
-    return _finish(pipe, seed)
-
-
-def flux_call_kwargs(
-    height: int = FLUX_TRAINED,
-    width: int = FLUX_TRAINED,
-    steps: int = 2,
-    cfg: float = 3.5,
-    seed=0,
-    true_cfg: float = 1.0,
-):
-    """Arguments for a tiny Flux call: ``cfg`` is the embedded ``guidance_scale`` (ignored by the
-    schnell variant); ``true_cfg > 1`` adds negative embeds and ``true_cfg_scale`` (two calls
-    per step). Output: packed latents (1, (h/4)*(w/4), 16) for pixel size h x w."""
-    gen = torch.Generator().manual_seed(seed)
-    kwargs = dict(
-        prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        pooled_prompt_embeds=_randn(gen, 1, POOLED_DIM),
-        height=height,
-        width=width,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
-    )
-    if true_cfg > 1:
-        kwargs.update(
-            negative_prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-            negative_pooled_prompt_embeds=_randn(gen, 1, POOLED_DIM),
-            true_cfg_scale=true_cfg,
-        )
-    return kwargs
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,25 +214,21 @@ def tiny_kl_vae_f8(latent_channels: int = 4, seed: int = 1, **config):
     return tiny_kl_vae(latent_channels, seed, **base)
 
 
+#: PixArt's and Sana's DPMSolverMultistepScheduler settings, but for the prediction type.
+_DPM_SOLVER = dict(
+    num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+    algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+    lower_order_final=True, timestep_spacing="linspace", steps_offset=0,
+)  # fmt: skip
+
+
 def pixart_scheduler():
     """PixArt's DPMSolverMultistepScheduler (dpmsolver++ order 2, linear betas 1e-4..0.02, eps).
 
     The transformer predicts ``[eps, learned variance]``; the pipeline keeps the first half."""
     from diffusers import DPMSolverMultistepScheduler
 
-    return DPMSolverMultistepScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.0001,
-        beta_end=0.02,
-        beta_schedule="linear",
-        prediction_type="epsilon",
-        algorithm_type="dpmsolver++",
-        solver_order=2,
-        solver_type="midpoint",
-        lower_order_final=True,
-        timestep_spacing="linspace",
-        steps_offset=0,
-    )
+    return DPMSolverMultistepScheduler(**_DPM_SOLVER, prediction_type="epsilon")
 
 
 def _tiny_pixart(cls, seed: int, micro_conditions: bool, overrides: dict):
@@ -323,30 +241,16 @@ def _tiny_pixart(cls, seed: int, micro_conditions: bool, overrides: dict):
         geometry = dict(sample_size=PIXART_ALPHA_MICRO_TRAINED // 8, patch_size=8)
     else:
         geometry = dict(sample_size=PIXART_TRAINED // 8, patch_size=2)
-    transformer = _build(
-        PixArtTransformer2DModel,
-        seed,
-        dict(
-            **geometry,
-            in_channels=PIXART_LATENT_CHANNELS,
-            out_channels=2 * PIXART_LATENT_CHANNELS,  # epsilon + learned sigma
-            num_layers=2,
-            num_attention_heads=2,
-            attention_head_dim=12,  # width 24: the micro-conditions need a multiple of 3
-            cross_attention_dim=24,  # = width (the caption projection maps to it)
-            caption_channels=TEXT_DIM,
-            norm_num_groups=2,
-        ),
-        overrides,
-    )
-    pipe = cls(
-        transformer=transformer,
-        scheduler=pixart_scheduler(),
-        vae=tiny_kl_vae_f8(PIXART_LATENT_CHANNELS),
-        text_encoder=None,
-        tokenizer=None,
-    )
-    return _finish(pipe, seed)
+    transformer = _build(PixArtTransformer2DModel, seed, dict(
+        **geometry, in_channels=PIXART_LATENT_CHANNELS,
+        out_channels=2 * PIXART_LATENT_CHANNELS,  # epsilon + learned sigma
+        num_layers=2, num_attention_heads=2,
+        attention_head_dim=12,  # width 24: the micro-conditions need a multiple of 3
+        cross_attention_dim=24,  # = width (the caption projection maps to it)
+        caption_channels=TEXT_DIM, norm_num_groups=2,
+    ), overrides)  # fmt: skip
+    vae = tiny_kl_vae_f8(PIXART_LATENT_CHANNELS)
+    return _pipeline(cls, seed, transformer=transformer, scheduler=pixart_scheduler(), vae=vae)
 
 
 _PIXART_DOC = """
@@ -395,48 +299,6 @@ def tiny_pixart_alpha_pipeline(seed: int = 0, micro_conditions: bool = True, **o
 tiny_pixart_alpha_pipeline.__doc__ += _PIXART_DOC
 
 
-def _text_mask(batch: int = 1, pad: int = 2) -> torch.Tensor:
-    """A T5-style attention mask (B, SEQ): ones, then ``pad`` zeros (padding tokens)."""
-    mask = torch.ones(batch, SEQ, dtype=torch.long)
-    mask[:, SEQ - pad :] = 0
-    return mask
-
-
-def _masked_call_kwargs(height, width, steps, cfg, seed) -> dict:
-    """Embeddings with T5/Gemma-style masks for the PixArt / Sana / Lumina 2 pipelines."""
-    gen = torch.Generator().manual_seed(seed)
-    return dict(
-        prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        prompt_attention_mask=_text_mask(),
-        negative_prompt=None,  # PixArt's / Sana's default "" clashes with negative_prompt_embeds
-        negative_prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        negative_prompt_attention_mask=_text_mask(),
-        height=height,
-        width=width,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
-    )
-
-
-def pixart_call_kwargs(
-    height: int = PIXART_TRAINED,
-    width: int = PIXART_TRAINED,
-    steps: int = 2,
-    cfg: float = 4.5,
-    seed=0,
-    binning: bool = True,
-):
-    """Arguments for a tiny PixArt (Alpha or Sigma) call, output as latents (1, 4, h/8, w/8) of
-    the *binned* size. ``binning=False`` sets ``use_resolution_binning=False`` (the pipeline's
-    default is True and is left alone otherwise)."""
-    kwargs = _masked_call_kwargs(height, width, steps, cfg, seed)
-    if not binning:
-        kwargs["use_resolution_binning"] = False
-    return kwargs
-
-
 # --------------------------------------------------------------------------------------------
 # 4. Sana
 # --------------------------------------------------------------------------------------------
@@ -449,44 +311,23 @@ def tiny_dc_vae(latent_channels: int = SANA_LATENT_CHANNELS, seed: int = 1):
     """An AutoencoderDC with spatial factor 32 (six stages) as Sana ships it, 8 channels wide."""
     from diffusers import AutoencoderDC
 
-    torch.manual_seed(seed)
-    return AutoencoderDC(
-        in_channels=3,
-        latent_channels=latent_channels,
-        attention_head_dim=2,
-        encoder_block_types="ResBlock",
-        decoder_block_types="ResBlock",
-        encoder_block_out_channels=(8,) * 6,
-        decoder_block_out_channels=(8,) * 6,
-        encoder_layers_per_block=(1,) * 6,
-        decoder_layers_per_block=(1,) * 6,
-        encoder_qkv_multiscales=((),) * 6,
-        decoder_qkv_multiscales=((),) * 6,
-        downsample_block_type="conv",
-        upsample_block_type="interpolate",
+    six = dict(block_out_channels=(8,) * 6, layers_per_block=(1,) * 6, qkv_multiscales=((),) * 6)
+    config = dict(
+        in_channels=3, latent_channels=latent_channels, attention_head_dim=2,
+        encoder_block_types="ResBlock", decoder_block_types="ResBlock",
+        **{f"{side}_{key}": value for key, value in six.items() for side in ("encoder", "decoder")},
+        downsample_block_type="conv", upsample_block_type="interpolate",
         scaling_factor=0.41407,
-    ).eval()
+    )  # fmt: skip
+    return _build(AutoencoderDC, seed, config)
 
 
 def sana_scheduler():
     """Sana's DPMSolverMultistepScheduler flow config (flow sigmas, flow_shift 3, flow pred)."""
     from diffusers import DPMSolverMultistepScheduler
 
-    return DPMSolverMultistepScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.0001,
-        beta_end=0.02,
-        beta_schedule="linear",
-        prediction_type="flow_prediction",
-        use_flow_sigmas=True,
-        flow_shift=3.0,
-        algorithm_type="dpmsolver++",
-        solver_order=2,
-        solver_type="midpoint",
-        lower_order_final=True,
-        timestep_spacing="linspace",
-        steps_offset=0,
-    )
+    flow = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return DPMSolverMultistepScheduler(**_DPM_SOLVER, **flow)
 
 
 def tiny_sana_pipeline(seed: int = 0, **overrides):
@@ -505,45 +346,15 @@ def tiny_sana_pipeline(seed: int = 0, **overrides):
     """
     from diffusers import SanaPipeline, SanaTransformer2DModel
 
-    transformer = _build(
-        SanaTransformer2DModel,
-        seed,
-        dict(
-            sample_size=SANA_TRAINED // 32,
-            patch_size=1,
-            in_channels=SANA_LATENT_CHANNELS,
-            out_channels=SANA_LATENT_CHANNELS,
-            num_layers=2,
-            num_attention_heads=2,
-            attention_head_dim=8,
-            num_cross_attention_heads=2,
-            cross_attention_head_dim=8,
-            cross_attention_dim=16,
-            caption_channels=TEXT_DIM,
-        ),
-        overrides,
+    transformer = _build(SanaTransformer2DModel, seed, dict(
+        sample_size=SANA_TRAINED // 32, patch_size=1, in_channels=SANA_LATENT_CHANNELS,
+        out_channels=SANA_LATENT_CHANNELS, num_layers=2, num_attention_heads=2,
+        attention_head_dim=8, num_cross_attention_heads=2, cross_attention_head_dim=8,
+        cross_attention_dim=16, caption_channels=TEXT_DIM,
+    ), overrides)  # fmt: skip
+    return _pipeline(
+        SanaPipeline, seed, transformer=transformer, scheduler=sana_scheduler(), vae=tiny_dc_vae()
     )
-    pipe = SanaPipeline(
-        transformer=transformer,
-        scheduler=sana_scheduler(),
-        vae=tiny_dc_vae(),
-        text_encoder=None,
-        tokenizer=None,
-    )
-    return _finish(pipe, seed)
-
-
-def sana_call_kwargs(
-    height: int = SANA_TRAINED,
-    width: int = SANA_TRAINED,
-    steps: int = 2,
-    cfg: float = 4.5,
-    seed=0,
-    binning: bool = True,
-):
-    """Arguments for a tiny Sana call, output as latents (1, 4, h/32, w/32) of the binned size
-    (``binning=False`` passes ``use_resolution_binning=False``)."""
-    return pixart_call_kwargs(height, width, steps, cfg, seed, binning)
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,16 +384,16 @@ def tiny_wan_vae(seed: int = 1):
     The pipeline reads the factors from ``config.scale_factor_spatial/temporal``."""
     from diffusers import AutoencoderKLWan
 
-    torch.manual_seed(seed)
-    return AutoencoderKLWan(
-        base_dim=3,
-        z_dim=WAN_LATENT_CHANNELS,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * WAN_LATENT_CHANNELS,
-        latents_std=[1.0] * WAN_LATENT_CHANNELS,
-    ).eval()
+    return _build(AutoencoderKLWan, seed, dict(base_dim=3, **_wan_vae_config(WAN_LATENT_CHANNELS)))
+
+
+def _wan_vae_config(channels: int) -> dict:
+    """The Wan-style causal VAE's tiny configuration (Wan's VAE, and Qwen-Image's)."""
+    return dict(
+        z_dim=channels, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False, True, True], latents_mean=[0.0] * channels,
+        latents_std=[1.0] * channels,
+    )  # fmt: skip
 
 
 def wan_scheduler(flow_shift: float = 3.0):
@@ -590,41 +401,23 @@ def wan_scheduler(flow_shift: float = 3.0):
     from diffusers import UniPCMultistepScheduler
 
     return UniPCMultistepScheduler(
-        num_train_timesteps=1000,
-        prediction_type="flow_prediction",
-        use_flow_sigmas=True,
-        flow_shift=flow_shift,
-        solver_order=2,
-        solver_type="bh2",
-        lower_order_final=True,
-        final_sigmas_type="zero",
-        timestep_spacing="linspace",
-    )
+        num_train_timesteps=1000, prediction_type="flow_prediction",
+        use_flow_sigmas=True, flow_shift=flow_shift, solver_order=2, solver_type="bh2",
+        lower_order_final=True, final_sigmas_type="zero", timestep_spacing="linspace",
+    )  # fmt: skip
 
 
 def tiny_wan_transformer(seed: int = 0, **overrides):
     """A WanTransformer3DModel (patch (1, 2, 2), 3-axis RoPE, text width TEXT_DIM)."""
     from diffusers import WanTransformer3DModel
 
-    return _build(
-        WanTransformer3DModel,
-        seed,
-        dict(
-            patch_size=(1, 2, 2),
-            num_attention_heads=2,
-            attention_head_dim=12,  # RoPE split t/h/w = 4/4/4
-            in_channels=WAN_LATENT_CHANNELS,
-            out_channels=WAN_LATENT_CHANNELS,
-            text_dim=TEXT_DIM,
-            freq_dim=32,
-            ffn_dim=32,
-            num_layers=2,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=64,
-        ),
-        overrides,
-    )
+    return _build(WanTransformer3DModel, seed, dict(
+        patch_size=(1, 2, 2), num_attention_heads=2,
+        attention_head_dim=12,  # RoPE split t/h/w = 4/4/4
+        in_channels=WAN_LATENT_CHANNELS, out_channels=WAN_LATENT_CHANNELS,
+        text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+    ), overrides)  # fmt: skip
 
 
 def tiny_wan_pipeline(seed: int = 0, **overrides):
@@ -642,14 +435,10 @@ def tiny_wan_pipeline(seed: int = 0, **overrides):
     """
     from diffusers import WanPipeline
 
-    pipe = WanPipeline(
-        transformer=tiny_wan_transformer(seed, **overrides),
-        scheduler=wan_scheduler(),
-        vae=tiny_wan_vae(),
-        text_encoder=None,
-        tokenizer=None,
+    transformer = tiny_wan_transformer(seed, **overrides)
+    return _pipeline(
+        WanPipeline, seed, transformer=transformer, scheduler=wan_scheduler(), vae=tiny_wan_vae()
     )
-    return _finish(pipe, seed)
 
 
 def tiny_wan22_pipeline(
@@ -665,38 +454,14 @@ def tiny_wan22_pipeline(
     """
     from diffusers import WanPipeline
 
-    pipe = WanPipeline(
+    return _pipeline(
+        WanPipeline,
+        seed,
         transformer=tiny_wan_transformer(seed, **overrides),
         transformer_2=tiny_wan_transformer(seed + 1, **overrides),
         boundary_ratio=boundary_ratio,
         scheduler=wan_scheduler(flow_shift),
         vae=tiny_wan_vae(),
-        text_encoder=None,
-        tokenizer=None,
-    )
-    return _finish(pipe, seed)
-
-
-def wan_call_kwargs(
-    height: int = WAN_TRAINED,
-    width: int = WAN_TRAINED,
-    num_frames: int = WAN_TRAINED_FRAMES,
-    steps: int = 2,
-    cfg: float = 5.0,
-    seed=0,
-):
-    """Arguments for a tiny Wan call (2.1 or 2.2), output as latents (1, 4, F, h/8, w/8)."""
-    gen = torch.Generator().manual_seed(seed)
-    return dict(
-        prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        negative_prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        height=height,
-        width=width,
-        num_frames=num_frames,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
     )
 
 
@@ -714,18 +479,11 @@ def cogvideox_scheduler():
     from diffusers import CogVideoXDDIMScheduler
 
     return CogVideoXDDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=True,
-        steps_offset=0,
-        prediction_type="v_prediction",
-        rescale_betas_zero_snr=True,
-        snr_shift_scale=3.0,
-        timestep_spacing="trailing",
-    )
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=True,
+        steps_offset=0, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+        snr_shift_scale=3.0, timestep_spacing="trailing",
+    )  # fmt: skip
 
 
 def tiny_cogvideox_pipeline(seed: int = 0, **overrides):
@@ -745,59 +503,23 @@ def tiny_cogvideox_pipeline(seed: int = 0, **overrides):
     """
     from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel
 
-    transformer = _build(
-        CogVideoXTransformer3DModel,
-        seed,
-        dict(
-            num_attention_heads=2,
-            attention_head_dim=16,  # rotary split t/h/w = 4/6/6
-            in_channels=COGVIDEOX_LATENT_CHANNELS,
-            out_channels=COGVIDEOX_LATENT_CHANNELS,
-            time_embed_dim=8,
-            text_embed_dim=TEXT_DIM,
-            num_layers=2,
-            sample_width=COGVIDEOX_TRAINED // 8,
-            sample_height=COGVIDEOX_TRAINED // 8,
-            sample_frames=COGVIDEOX_TRAINED_FRAMES,
-            patch_size=2,
-            temporal_compression_ratio=4,
-            max_text_seq_length=SEQ,
-            use_rotary_positional_embeddings=True,
-        ),
-        overrides,
-    )
-    torch.manual_seed(1)
-    vae = AutoencoderKLCogVideoX(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("CogVideoXDownBlock3D",) * 4,
-        up_block_types=("CogVideoXUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        latent_channels=COGVIDEOX_LATENT_CHANNELS,
-        layers_per_block=1,
-        norm_num_groups=2,
-        temporal_compression_ratio=4,
-    ).eval()
-    pipe = CogVideoXPipeline(
-        transformer=transformer,
-        scheduler=cogvideox_scheduler(),
-        vae=vae,
-        text_encoder=None,
-        tokenizer=None,
-    )
-    return _finish(pipe, seed)
-
-
-def cogvideox_call_kwargs(
-    height: int = COGVIDEOX_TRAINED,
-    width: int = COGVIDEOX_TRAINED,
-    num_frames: int = COGVIDEOX_TRAINED_FRAMES,
-    steps: int = 2,
-    cfg: float = 6.0,
-    seed=0,
-):
-    """Arguments for a tiny CogVideoX call, output as latents (1, F, 4, h/8, w/8)."""
-    return wan_call_kwargs(height, width, num_frames, steps, cfg, seed)
+    transformer = _build(CogVideoXTransformer3DModel, seed, dict(
+        num_attention_heads=2, attention_head_dim=16,  # rotary split t/h/w = 4/6/6
+        in_channels=COGVIDEOX_LATENT_CHANNELS, out_channels=COGVIDEOX_LATENT_CHANNELS,
+        time_embed_dim=8, text_embed_dim=TEXT_DIM, num_layers=2,
+        sample_width=COGVIDEOX_TRAINED // 8, sample_height=COGVIDEOX_TRAINED // 8,
+        sample_frames=COGVIDEOX_TRAINED_FRAMES, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=SEQ,
+        use_rotary_positional_embeddings=True,
+    ), overrides)  # fmt: skip
+    vae = _build(AutoencoderKLCogVideoX, 1, dict(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+        latent_channels=COGVIDEOX_LATENT_CHANNELS, layers_per_block=1,
+        norm_num_groups=2, temporal_compression_ratio=4,
+    ))  # fmt: skip
+    scheduler = cogvideox_scheduler()
+    return _pipeline(CogVideoXPipeline, seed, transformer=transformer, scheduler=scheduler, vae=vae)
 
 
 # --------------------------------------------------------------------------------------------
@@ -817,15 +539,10 @@ def ltx_scheduler():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     return FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=1.0,
-        use_dynamic_shifting=True,
-        base_shift=0.95,
-        max_shift=2.05,
-        base_image_seq_len=LTX_TRAINED_TOKENS // 4,
-        max_image_seq_len=LTX_TRAINED_TOKENS,
-        shift_terminal=0.1,
-    )
+        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True,
+        base_shift=0.95, max_shift=2.05, base_image_seq_len=LTX_TRAINED_TOKENS // 4,
+        max_image_seq_len=LTX_TRAINED_TOKENS, shift_terminal=0.1,
+    )  # fmt: skip
 
 
 def tiny_ltx_pipeline(seed: int = 0, **overrides):
@@ -845,56 +562,28 @@ def tiny_ltx_pipeline(seed: int = 0, **overrides):
     """
     from diffusers import AutoencoderKLLTXVideo, LTXPipeline, LTXVideoTransformer3DModel
 
-    transformer = _build(
-        LTXVideoTransformer3DModel,
-        seed,
-        dict(
-            in_channels=LTX_LATENT_CHANNELS,
-            out_channels=LTX_LATENT_CHANNELS,
-            patch_size=1,
-            patch_size_t=1,
-            num_attention_heads=2,
-            attention_head_dim=12,
-            cross_attention_dim=24,
-            num_layers=2,
-            caption_channels=TEXT_DIM,
-        ),
-        overrides,
-    )
-    torch.manual_seed(1)
-    vae = AutoencoderKLLTXVideo(
-        latent_channels=LTX_LATENT_CHANNELS,
+    transformer = _build(LTXVideoTransformer3DModel, seed, dict(
+        in_channels=LTX_LATENT_CHANNELS, out_channels=LTX_LATENT_CHANNELS,
+        patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=12,
+        cross_attention_dim=24, num_layers=2, caption_channels=TEXT_DIM,
+    ), overrides)  # fmt: skip
+    both = dict(
         block_out_channels=(8, 8, 8, 8),
-        decoder_block_out_channels=(8, 8, 8, 8),
         layers_per_block=(1, 1, 1, 1, 1),
-        decoder_layers_per_block=(1, 1, 1, 1, 1),
         spatio_temporal_scaling=(True, True, True, False),
-        decoder_spatio_temporal_scaling=(True, True, True, False),
-        patch_size=4,
-        patch_size_t=1,
-    ).eval()
-    pipe = LTXPipeline(
-        transformer=transformer,
-        scheduler=ltx_scheduler(),
-        vae=vae,
-        text_encoder=None,
-        tokenizer=None,
     )
-    return _finish(pipe, seed)
-
-
-def ltx_call_kwargs(
-    height: int = LTX_TRAINED,
-    width: int = LTX_TRAINED,
-    num_frames: int = LTX_TRAINED_FRAMES,
-    steps: int = 2,
-    cfg: float = 3.0,
-    seed=0,
-):
-    """Arguments for a tiny LTX call, output as packed latents (1, F*h*w, 8)."""
-    kwargs = wan_call_kwargs(height, width, num_frames, steps, cfg, seed)
-    kwargs.update(prompt_attention_mask=_text_mask(), negative_prompt_attention_mask=_text_mask())
-    return kwargs
+    vae = _build(
+        AutoencoderKLLTXVideo,
+        1,
+        dict(
+            latent_channels=LTX_LATENT_CHANNELS,
+            **both,
+            **{f"decoder_{key}": value for key, value in both.items()},
+            patch_size=4,
+            patch_size_t=1,
+        ),
+    )
+    return _pipeline(LTXPipeline, seed, transformer=transformer, scheduler=ltx_scheduler(), vae=vae)
 
 
 # --------------------------------------------------------------------------------------------
@@ -926,81 +615,26 @@ def tiny_hunyuan_video_pipeline(seed: int = 0, **overrides):
         HunyuanVideoTransformer3DModel,
     )
 
-    transformer = _build(
-        HunyuanVideoTransformer3DModel,
+    transformer = _build(HunyuanVideoTransformer3DModel, seed, dict(
+        in_channels=HUNYUAN_LATENT_CHANNELS, out_channels=HUNYUAN_LATENT_CHANNELS,
+        num_attention_heads=2, attention_head_dim=16, num_layers=1,
+        num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=1,
+        guidance_embeds=True, text_embed_dim=TEXT_DIM,
+        pooled_projection_dim=POOLED_DIM, rope_axes_dim=(4, 6, 6),
+    ), overrides)  # fmt: skip
+    vae = _build(AutoencoderKLHunyuanVideo, 1, dict(
+        in_channels=3, out_channels=3, latent_channels=HUNYUAN_LATENT_CHANNELS,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+        spatial_compression_ratio=8, temporal_compression_ratio=4,
+    ))  # fmt: skip
+    return _pipeline(
+        HunyuanVideoPipeline,
         seed,
-        dict(
-            in_channels=HUNYUAN_LATENT_CHANNELS,
-            out_channels=HUNYUAN_LATENT_CHANNELS,
-            num_attention_heads=2,
-            attention_head_dim=16,
-            num_layers=1,
-            num_single_layers=1,
-            num_refiner_layers=1,
-            patch_size=2,
-            patch_size_t=1,
-            guidance_embeds=True,
-            text_embed_dim=TEXT_DIM,
-            pooled_projection_dim=POOLED_DIM,
-            rope_axes_dim=(4, 6, 6),
-        ),
-        overrides,
-    )
-    torch.manual_seed(1)
-    vae = AutoencoderKLHunyuanVideo(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=HUNYUAN_LATENT_CHANNELS,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        spatial_compression_ratio=8,
-        temporal_compression_ratio=4,
-    ).eval()
-    pipe = HunyuanVideoPipeline(
+        text_encoders=2,
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=7.0),
         vae=vae,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
     )
-    return _finish(pipe, seed)
-
-
-def hunyuan_video_call_kwargs(
-    height: int = HUNYUAN_TRAINED,
-    width: int = HUNYUAN_TRAINED,
-    num_frames: int = HUNYUAN_TRAINED_FRAMES,
-    steps: int = 2,
-    cfg: float = 6.0,
-    seed=0,
-    true_cfg: float = 1.0,
-):
-    """Arguments for a tiny HunyuanVideo call (``cfg`` = embedded guidance; ``true_cfg > 1``
-    adds negative embeds), output as latents (1, 4, F, h/8, w/8)."""
-    gen = torch.Generator().manual_seed(seed)
-    kwargs = dict(
-        prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        prompt_attention_mask=_text_mask(),
-        pooled_prompt_embeds=_randn(gen, 1, POOLED_DIM),
-        height=height,
-        width=width,
-        num_frames=num_frames,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
-    )
-    if true_cfg > 1:
-        kwargs.update(
-            negative_prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-            negative_prompt_attention_mask=_text_mask(),
-            negative_pooled_prompt_embeds=_randn(gen, 1, POOLED_DIM),
-            true_cfg_scale=true_cfg,
-        )
-    return kwargs
 
 
 # --------------------------------------------------------------------------------------------
@@ -1032,71 +666,22 @@ def tiny_qwenimage_pipeline(seed: int = 0, **overrides):
         QwenImageTransformer2DModel,
     )
 
-    transformer = _build(
-        QwenImageTransformer2DModel,
-        seed,
-        dict(
-            patch_size=2,
-            in_channels=4 * QWEN_LATENT_CHANNELS,
-            out_channels=QWEN_LATENT_CHANNELS,
-            num_layers=2,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=TEXT_DIM,
-            guidance_embeds=False,
-            axes_dims_rope=(8, 4, 4),
-        ),
-        overrides,
+    transformer = _build(QwenImageTransformer2DModel, seed, dict(
+        patch_size=2, in_channels=4 * QWEN_LATENT_CHANNELS,
+        out_channels=QWEN_LATENT_CHANNELS, num_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=TEXT_DIM, guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    ), overrides)  # fmt: skip
+    vae = _build(
+        AutoencoderKLQwenImage, 1, dict(base_dim=8, **_wan_vae_config(QWEN_LATENT_CHANNELS))
     )
-    torch.manual_seed(1)
-    vae = AutoencoderKLQwenImage(
-        base_dim=8,
-        z_dim=QWEN_LATENT_CHANNELS,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * QWEN_LATENT_CHANNELS,
-        latents_std=[1.0] * QWEN_LATENT_CHANNELS,
-    ).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=1.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=0.9,
-        base_image_seq_len=2,
-        max_image_seq_len=(QWEN_TRAINED // 16) ** 2,
-        shift_terminal=0.02,
+        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5,
+        max_shift=0.9, base_image_seq_len=2,
+        max_image_seq_len=(QWEN_TRAINED // 16) ** 2, shift_terminal=0.02,
         time_shift_type="exponential",
-    )
-    pipe = QwenImagePipeline(
-        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None
-    )
-    return _finish(pipe, seed)
-
-
-def qwenimage_call_kwargs(
-    height: int = QWEN_TRAINED, width: int = QWEN_TRAINED, steps: int = 2, cfg: float = 4.0, seed=0
-):
-    """Arguments for a tiny Qwen-Image call (``cfg`` = ``true_cfg_scale``; negative embeds are
-    passed when ``cfg > 1``), output as packed latents (1, (h/16)*(w/16), 16)."""
-    gen = torch.Generator().manual_seed(seed)
-    kwargs = dict(
-        prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        prompt_embeds_mask=_text_mask(),
-        height=height,
-        width=width,
-        num_inference_steps=steps,
-        true_cfg_scale=cfg,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
-    )
-    if cfg > 1:
-        kwargs.update(
-            negative_prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-            negative_prompt_embeds_mask=_text_mask(),
-        )
-    return kwargs
+    )  # fmt: skip
+    return _pipeline(QwenImagePipeline, seed, transformer=transformer, scheduler=scheduler, vae=vae)
 
 
 CHROMA_TRAINED = FLUX_TRAINED  # as Flux: 32 px, 8x8 packed tokens
@@ -1116,57 +701,20 @@ def tiny_chroma_pipeline(seed: int = 0, **overrides):
     """
     from diffusers import ChromaPipeline, ChromaTransformer2DModel
 
-    transformer = _build(
-        ChromaTransformer2DModel,
-        seed,
-        dict(
-            patch_size=1,
-            in_channels=4 * FLUX_LATENT_CHANNELS,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=TEXT_DIM,
-            axes_dims_rope=(4, 6, 6),
-            approximator_num_channels=16,
-            approximator_hidden_dim=32,
-            approximator_layers=1,
-        ),
-        overrides,
+    approximator = dict(
+        approximator_num_channels=16, approximator_hidden_dim=32, approximator_layers=1
     )
-    pipe = ChromaPipeline(
+    transformer = _build(
+        ChromaTransformer2DModel, seed, dict(_FLUX_TRANSFORMER, **approximator), overrides
+    )
+    return _pipeline(
+        ChromaPipeline,
+        seed,
         transformer=transformer,
         scheduler=flux_scheduler(),
-        vae=tiny_kl_vae(FLUX_LATENT_CHANNELS, use_quant_conv=False, use_post_quant_conv=False),
-        text_encoder=None,
-        tokenizer=None,
+        vae=tiny_kl_vae(FLUX_LATENT_CHANNELS, **_NO_QUANT),
         image_encoder=None,
         feature_extractor=None,
-    )
-    return _finish(pipe, seed)
-
-
-def chroma_call_kwargs(
-    height: int = CHROMA_TRAINED,
-    width: int = CHROMA_TRAINED,
-    steps: int = 2,
-    cfg: float = 5.0,
-    seed=0,
-):
-    """Arguments for a tiny Chroma call, output as packed latents (1, (h/4)*(w/4), 16)."""
-    gen = torch.Generator().manual_seed(seed)
-    # Chroma's own encoder returns a float mask (an int64 one fails in SDPA).
-    return dict(
-        prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        prompt_attention_mask=_text_mask().float(),
-        negative_prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        negative_prompt_attention_mask=_text_mask().float(),
-        height=height,
-        width=width,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
     )
 
 
@@ -1193,53 +741,19 @@ def tiny_cogview4_pipeline(seed: int = 0, **overrides):
         FlowMatchEulerDiscreteScheduler,
     )
 
-    transformer = _build(
-        CogView4Transformer2DModel,
-        seed,
-        dict(
-            patch_size=2,
-            in_channels=COGVIEW4_LATENT_CHANNELS,
-            out_channels=COGVIEW4_LATENT_CHANNELS,
-            num_layers=2,
-            attention_head_dim=8,
-            num_attention_heads=2,
-            text_embed_dim=TEXT_DIM,
-            time_embed_dim=8,
-            condition_dim=4,
-            sample_size=COGVIEW4_TRAINED // 8,
-        ),
-        overrides,
-    )
+    transformer = _build(CogView4Transformer2DModel, seed, dict(
+        patch_size=2, in_channels=COGVIEW4_LATENT_CHANNELS,
+        out_channels=COGVIEW4_LATENT_CHANNELS, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, text_embed_dim=TEXT_DIM, time_embed_dim=8,
+        condition_dim=4, sample_size=COGVIEW4_TRAINED // 8,
+    ), overrides)  # fmt: skip
     scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=1.0,
-        use_dynamic_shifting=True,
-        base_shift=0.25,
-        max_shift=0.75,
-        base_image_seq_len=4,
+        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True,
+        base_shift=0.25, max_shift=0.75, base_image_seq_len=4,
         time_shift_type="linear",
-    )
-    pipe = CogView4Pipeline(
-        transformer=transformer,
-        scheduler=scheduler,
-        vae=tiny_kl_vae_f8(COGVIEW4_LATENT_CHANNELS),
-        text_encoder=None,
-        tokenizer=None,
-    )
-    return _finish(pipe, seed)
-
-
-def cogview4_call_kwargs(
-    height: int = COGVIEW4_TRAINED,
-    width: int = COGVIEW4_TRAINED,
-    steps: int = 2,
-    cfg: float = 5.0,
-    seed=0,
-):
-    """Arguments for a tiny CogView4 call, output as latents (1, 4, h/8, w/8)."""
-    kwargs = sd3_call_kwargs(height, width, steps, cfg, seed)
-    del kwargs["pooled_prompt_embeds"], kwargs["negative_pooled_prompt_embeds"]
-    return kwargs
+    )  # fmt: skip
+    vae = tiny_kl_vae_f8(COGVIEW4_LATENT_CHANNELS)
+    return _pipeline(CogView4Pipeline, seed, transformer=transformer, scheduler=scheduler, vae=vae)
 
 
 LUMINA2_TRAINED = 128  # pixels; latents 16x16 (factor fixed at 8 by the pipeline), 8x8 tokens
@@ -1265,44 +779,15 @@ def tiny_lumina2_pipeline(seed: int = 0, **overrides):
         Lumina2Transformer2DModel,
     )
 
-    transformer = _build(
-        Lumina2Transformer2DModel,
-        seed,
-        dict(
-            sample_size=LUMINA2_TRAINED // 8,
-            patch_size=2,
-            in_channels=4,
-            hidden_size=24,
-            num_layers=2,
-            num_refiner_layers=1,
-            num_attention_heads=2,
-            num_kv_heads=1,
-            multiple_of=16,
-            axes_dim_rope=(4, 4, 4),
-            axes_lens=(64, 64, 64),
-            cap_feat_dim=TEXT_DIM,
-        ),
-        overrides,
-    )
-    pipe = Lumina2Pipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=6.0),
-        vae=tiny_kl_vae_f8(4),
-        text_encoder=None,
-        tokenizer=None,
-    )
-    return _finish(pipe, seed)
-
-
-def lumina2_call_kwargs(
-    height: int = LUMINA2_TRAINED,
-    width: int = LUMINA2_TRAINED,
-    steps: int = 2,
-    cfg: float = 4.0,
-    seed=0,
-):
-    """Arguments for a tiny Lumina 2 call, output as latents (1, 4, h/8, w/8)."""
-    return _masked_call_kwargs(height, width, steps, cfg, seed)
+    transformer = _build(Lumina2Transformer2DModel, seed, dict(
+        sample_size=LUMINA2_TRAINED // 8, patch_size=2, in_channels=4, hidden_size=24,
+        num_layers=2, num_refiner_layers=1, num_attention_heads=2, num_kv_heads=1,
+        multiple_of=16, axes_dim_rope=(4, 4, 4), axes_lens=(64, 64, 64),
+        cap_feat_dim=TEXT_DIM,
+    ), overrides)  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=6.0)
+    vae = tiny_kl_vae_f8(4)
+    return _pipeline(Lumina2Pipeline, seed, transformer=transformer, scheduler=scheduler, vae=vae)
 
 
 FLUX2_TRAINED = 128  # pixels; latents 16x16 (VAE factor 8), packed into 8x8 = 64 tokens
@@ -1328,71 +813,29 @@ def tiny_flux2_pipeline(seed: int = 0, **overrides):
         Flux2Transformer2DModel,
     )
 
-    transformer = _build(
-        Flux2Transformer2DModel,
-        seed,
+    transformer = _build(Flux2Transformer2DModel, seed, dict(
+        patch_size=1, in_channels=4 * FLUX2_LATENT_CHANNELS, num_layers=1,
+        num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=TEXT_DIM, timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4), guidance_embeds=True,
+    ), overrides)  # fmt: skip
+    vae = _build(
+        AutoencoderKLFlux2,
+        1,
         dict(
-            patch_size=1,
-            in_channels=4 * FLUX2_LATENT_CHANNELS,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=TEXT_DIM,
-            timestep_guidance_channels=32,
-            axes_dims_rope=(4, 4, 4, 4),
-            guidance_embeds=True,
+            block_out_channels=(4, 4, 4, 4),
+            layers_per_block=1,
+            latent_channels=FLUX2_LATENT_CHANNELS,
+            norm_num_groups=2,
+            sample_size=32,
         ),
-        overrides,
     )
-    torch.manual_seed(1)
-    vae = AutoencoderKLFlux2(
-        block_out_channels=(4, 4, 4, 4),
-        layers_per_block=1,
-        latent_channels=FLUX2_LATENT_CHANNELS,
-        norm_num_groups=2,
-        sample_size=32,
-    ).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
         time_shift_type="exponential",
-    )
-    pipe = Flux2Pipeline(
-        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None
-    )
-    return _finish(pipe, seed)
-
-
-def flux2_call_kwargs(
-    height: int = FLUX2_TRAINED,
-    width: int = FLUX2_TRAINED,
-    steps: int = 2,
-    cfg: float = 4.0,
-    seed=0,
-):
-    """Arguments for a tiny Flux 2 call (``cfg`` = embedded guidance), output as packed latents
-    (1, (h/16)*(w/16), 16)."""
-    gen = torch.Generator().manual_seed(seed)
-    return dict(
-        prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        height=height,
-        width=width,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Registry and self-check
-# --------------------------------------------------------------------------------------------
+    )  # fmt: skip
+    return _pipeline(Flux2Pipeline, seed, transformer=transformer, scheduler=scheduler, vae=vae)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1416,41 +859,15 @@ def tiny_auraflow_pipeline(seed: int = 0, **overrides):
         FlowMatchEulerDiscreteScheduler,
     )
 
-    transformer = _build(
-        AuraFlowTransformer2DModel,
-        seed,
-        dict(
-            sample_size=AURAFLOW_TRAINED // 2,
-            patch_size=2,
-            in_channels=4,
-            num_mmdit_layers=1,
-            num_single_dit_layers=1,
-            attention_head_dim=8,
-            num_attention_heads=2,
-            joint_attention_dim=TEXT_DIM,
-            caption_projection_dim=16,
-            out_channels=4,
-            pos_embed_max_size=256,
-        ),
-        overrides,
-    )
-    pipe = AuraFlowPipeline(
-        tokenizer=None,
-        text_encoder=None,
-        vae=tiny_kl_vae(4),
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.73),  # AuraFlow's shipped shift
-    )
-    return _finish(pipe, seed)
-
-
-def auraflow_call_kwargs(
-    height: int = AURAFLOW_TRAINED, width: int = AURAFLOW_TRAINED, steps: int = 2, cfg: float = 3.5,
-    seed=0,
-):  # fmt: skip
-    """Arguments for a tiny AuraFlow call, output as latents (1, 4, h/2, w/2)."""
-    kwargs = _masked_call_kwargs(height, width, steps, cfg, seed)
-    return kwargs
+    transformer = _build(AuraFlowTransformer2DModel, seed, dict(
+        sample_size=AURAFLOW_TRAINED // 2, patch_size=2, in_channels=4,
+        num_mmdit_layers=1, num_single_dit_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=TEXT_DIM, caption_projection_dim=16,
+        out_channels=4, pos_embed_max_size=256,
+    ), overrides)  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.73)  # AuraFlow's shipped shift
+    vae = tiny_kl_vae(4)
+    return _pipeline(AuraFlowPipeline, seed, transformer=transformer, scheduler=scheduler, vae=vae)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1470,48 +887,20 @@ def tiny_sana_video_pipeline(seed: int = 0, **overrides):
     """
     from diffusers import SanaVideoPipeline, SanaVideoTransformer3DModel
 
-    transformer = _build(
-        SanaVideoTransformer3DModel,
+    transformer = _build(SanaVideoTransformer3DModel, seed, dict(
+        in_channels=WAN_LATENT_CHANNELS, out_channels=WAN_LATENT_CHANNELS,
+        num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        num_cross_attention_heads=2, cross_attention_head_dim=8,
+        cross_attention_dim=16, caption_channels=TEXT_DIM,
+        sample_size=SANA_VIDEO_TRAINED // 8, patch_size=(1, 2, 2), rope_max_seq_len=32,
+    ), overrides)  # fmt: skip
+    return _pipeline(
+        SanaVideoPipeline,
         seed,
-        dict(
-            in_channels=WAN_LATENT_CHANNELS,
-            out_channels=WAN_LATENT_CHANNELS,
-            num_attention_heads=2,
-            attention_head_dim=8,
-            num_layers=1,
-            num_cross_attention_heads=2,
-            cross_attention_head_dim=8,
-            cross_attention_dim=16,
-            caption_channels=TEXT_DIM,
-            sample_size=SANA_VIDEO_TRAINED // 8,
-            patch_size=(1, 2, 2),
-            rope_max_seq_len=32,
-        ),
-        overrides,
-    )
-    pipe = SanaVideoPipeline(
-        tokenizer=None,
-        text_encoder=None,
-        vae=tiny_wan_vae(),
         transformer=transformer,
         scheduler=sana_scheduler(),
+        vae=tiny_wan_vae(),
     )
-    return _finish(pipe, seed)
-
-
-def sana_video_call_kwargs(
-    height: int = SANA_VIDEO_TRAINED,
-    width: int = SANA_VIDEO_TRAINED,
-    num_frames: int = SANA_VIDEO_TRAINED_FRAMES,
-    steps: int = 2,
-    cfg: float = 4.5,
-    seed=0,
-):
-    """Arguments for a tiny Sana-Video call, output as latents (1, 4, F, h/8, w/8)."""
-    kwargs = _masked_call_kwargs(height, width, steps, cfg, seed)
-    kwargs["frames"] = num_frames  # Sana-Video's name for num_frames
-    kwargs["use_resolution_binning"] = False  # its bins need sample_size 30 or 22 (480p/720p)
-    return kwargs
 
 
 # --------------------------------------------------------------------------------------------
@@ -1538,159 +927,219 @@ def tiny_mochi_pipeline(seed: int = 0, invert_sigmas: bool = True, **overrides):
         MochiTransformer3DModel,
     )
 
-    transformer = _build(
-        MochiTransformer3DModel,
-        seed,
+    transformer = _build(MochiTransformer3DModel, seed, dict(
+        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        pooled_projection_dim=16, in_channels=MOCHI_LATENT_CHANNELS, out_channels=None,
+        qk_norm="rms_norm", text_embed_dim=TEXT_DIM, time_embed_dim=4,
+        activation_fn="swiglu", max_sequence_length=SEQ,
+    ), overrides)  # fmt: skip
+    vae = _build(
+        AutoencoderKLMochi,
+        seed + 1,
         dict(
-            patch_size=2,
-            num_attention_heads=2,
-            attention_head_dim=8,
-            num_layers=1,
-            pooled_projection_dim=16,
-            in_channels=MOCHI_LATENT_CHANNELS,
-            out_channels=None,
-            qk_norm="rms_norm",
-            text_embed_dim=TEXT_DIM,
-            time_embed_dim=4,
-            activation_fn="swiglu",
-            max_sequence_length=SEQ,
+            latent_channels=MOCHI_LATENT_CHANNELS,
+            out_channels=3,
+            encoder_block_out_channels=(32, 32, 32, 32),  # its group norms have 32 groups
+            decoder_block_out_channels=(32, 32, 32, 32),
+            layers_per_block=(1, 1, 1, 1, 1),
         ),
-        overrides,
     )
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKLMochi(
-        latent_channels=MOCHI_LATENT_CHANNELS,
-        out_channels=3,
-        encoder_block_out_channels=(32, 32, 32, 32),  # its group norms have 32 groups
-        decoder_block_out_channels=(32, 32, 32, 32),
-        layers_per_block=(1, 1, 1, 1, 1),
-    ).eval()
-    pipe = MochiPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(invert_sigmas=invert_sigmas),
-        vae=vae,
-        text_encoder=None,
-        tokenizer=None,
-        transformer=transformer,
-    )
-    return _finish(pipe, seed)
+    scheduler = FlowMatchEulerDiscreteScheduler(invert_sigmas=invert_sigmas)
+    return _pipeline(MochiPipeline, seed, transformer=transformer, scheduler=scheduler, vae=vae)
 
 
-def mochi_call_kwargs(
-    height: int = MOCHI_TRAINED,
-    width: int = MOCHI_TRAINED,
-    num_frames: int = MOCHI_TRAINED_FRAMES,
-    steps: int = 3,
-    cfg: float = 4.5,
-    seed=0,
-):
-    """Arguments for a tiny Mochi call, output as latents (1, 12, F, h/8, w/8)."""
-    gen = torch.Generator().manual_seed(seed)
-    return dict(
-        prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        prompt_attention_mask=_text_mask(),
-        negative_prompt_embeds=_randn(gen, 1, SEQ, TEXT_DIM),
-        negative_prompt_attention_mask=_text_mask(),
-        height=height,
-        width=width,
-        num_frames=num_frames,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
-    )
+# --------------------------------------------------------------------------------------------
+# Call arguments: one table
+# --------------------------------------------------------------------------------------------
 
 
-def _family(builder, call_kwargs, trained: dict, doubled: dict, **call_overrides):
-    """(builder, call-kwargs function with ``call_overrides`` bound, trained, doubled sizes)."""
-    from functools import partial
-
-    return builder, partial(call_kwargs, **call_overrides), trained, doubled
-
-
-def _image(size: int) -> tuple[dict, dict]:
-    return dict(height=size, width=size), dict(height=2 * size, width=2 * size)
+def _text_mask(batch: int = 1, pad: int = 2) -> torch.Tensor:
+    """A T5-style attention mask (B, SEQ): ones, then ``pad`` zeros (padding tokens)."""
+    mask = torch.ones(batch, SEQ, dtype=torch.long)
+    mask[:, SEQ - pad :] = 0
+    return mask
 
 
-def _video(size: int, frames: int, temporal: int) -> tuple[dict, dict]:
-    latent = (frames - 1) // temporal + 1
-    return (
-        dict(height=size, width=size, num_frames=frames),
-        dict(height=2 * size, width=2 * size, num_frames=pixel_frames(2 * latent, temporal)),
-    )
+@dataclass(frozen=True)
+class Call:
+    """How one family's pipeline is called; ``call(height, width, ...)`` returns the arguments.
+
+    The text embeddings come from one generator seeded with ``seed``: the prompt's hidden states
+    (1, SEQ, TEXT_DIM), then (``pooled``) the pooled embedding (1, POOLED_DIM). A family that
+    always takes negative embeddings draws each right after its positive twin; one that takes
+    them only for true CFG (``negatives="true_cfg"``: with ``true_cfg > 1``, adding
+    ``true_cfg_scale``; ``"cfg"``: with ``cfg > 1``) draws them after all positives. Masks are
+    :func:`_text_mask`, for the negative prompt too. Then the size (``num_frames`` for video),
+    ``num_inference_steps``, the guidance scale (``cfg_name``), ``generator`` (seeded with
+    ``seed``), ``output_type="latent"`` and the family's constant arguments (``extra``).
+    """
+
+    size: int  # trained pixels: the default height and width
+    cfg: float  # default guidance scale
+    output: str  # what pipe(**kwargs)[0] is, for pixel size h x w (and F latent frames)
+    frames: int | None = None  # trained pixel frames: a video family, which takes num_frames
+    temporal: int = 4  # the video VAE's temporal factor
+    steps: int = 2
+    pooled: bool = False  # pooled text embeddings besides the hidden states
+    mask: str | None = None  # the text mask's argument name
+    float_mask: bool = False
+    negatives: str = "always"  # "always", "true_cfg", "cfg" or "never"
+    cfg_name: str = "guidance_scale"
+    frames_name: str = "num_frames"
+    binning: bool = False  # takes binning=False: use_resolution_binning=False
+    extra: tuple = ()  # (name, value) pairs passed as they are
+
+    def __call__(self, height=None, width=None, *, num_frames=None, steps=None, cfg=None, seed=0,
+                 true_cfg=None, binning=None) -> dict:  # fmt: skip
+        if num_frames is not None and self.frames is None:
+            raise TypeError("num_frames= is for video families")
+        if true_cfg is not None and self.negatives != "true_cfg":
+            raise TypeError("true_cfg= is for families with true CFG (Flux, HunyuanVideo)")
+        if binning is not None and not self.binning:
+            raise TypeError("binning= is for families with resolution binning (PixArt, Sana)")
+        cfg = self.cfg if cfg is None else cfg
+        negatives = {"always": True, "never": False, "cfg": cfg > 1,
+                     "true_cfg": (true_cfg or 1.0) > 1}[self.negatives]  # fmt: skip
+        texts = [("prompt_embeds", (SEQ, TEXT_DIM))]
+        if self.pooled:
+            texts.append(("pooled_prompt_embeds", (POOLED_DIM,)))
+        negative = [("negative_" + name, shape) for name, shape in texts] if negatives else []
+        if self.negatives == "always":  # each negative right after its positive twin
+            texts = [t for pair in zip(texts, negative, strict=True) for t in pair]
+        else:
+            texts += negative
+        gen = torch.Generator().manual_seed(seed)
+        kwargs = {name: torch.randn(1, *shape, generator=gen) for name, shape in texts}
+        if self.mask is not None:
+            mask = _text_mask().float() if self.float_mask else _text_mask()
+            names = [self.mask, "negative_" + self.mask] if negatives else [self.mask]
+            kwargs.update({name: mask.clone() for name in names})
+        if self.negatives == "true_cfg" and negatives:
+            kwargs["true_cfg_scale"] = true_cfg
+        if binning is False:
+            kwargs["use_resolution_binning"] = False
+        if self.frames is not None:
+            kwargs[self.frames_name] = self.frames if num_frames is None else num_frames
+        kwargs.update(
+            height=self.size if height is None else height,
+            width=self.size if width is None else width,
+            num_inference_steps=self.steps if steps is None else steps,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="latent",
+        )
+        kwargs[self.cfg_name] = cfg
+        return {**kwargs, **dict(self.extra)}
+
+    def sizes(self) -> tuple[dict, dict]:
+        """The trained-size and the doubled-size arguments (a video doubles its *latent* frames:
+        Wan 9 -> 21 pixel frames, 3 -> 6 latent frames)."""
+        trained = dict(height=self.size, width=self.size)
+        doubled = dict(height=2 * self.size, width=2 * self.size)
+        if self.frames is not None:
+            latent = (self.frames - 1) // self.temporal + 1
+            trained["num_frames"] = self.frames
+            doubled["num_frames"] = pixel_frames(2 * latent, self.temporal)
+        return trained, doubled
+
+
+_MASK = "prompt_attention_mask"
+#: PixArt's / Sana's default negative_prompt "" clashes with negative_prompt_embeds.
+_NO_PROMPT = (("negative_prompt", None),)
+
+#: Every family's call. ``true_cfg``: Flux / HunyuanVideo embed ``cfg`` (distilled guidance; the
+#: Flux-schnell variant ignores it) and run two calls per step with ``true_cfg > 1``.
+CALLS = {
+    "sd3": Call(SD3_TRAINED, 5.0, "latents (1, 4, h/2, w/2)", pooled=True),
+    "flux": Call(FLUX_TRAINED, 3.5, "packed latents (1, (h/4)*(w/4), 16)", pooled=True,
+                 negatives="true_cfg"),
+    # PixArt, Alpha or Sigma: the *binned* size (PixArt-Alpha with micro-conditions: call it at
+    # PIXART_ALPHA_MICRO_TRAINED).
+    "pixart": Call(PIXART_TRAINED, 4.5, "latents (1, 4, h/8, w/8)", mask=_MASK, binning=True,
+                   extra=_NO_PROMPT),
+    "sana": Call(SANA_TRAINED, 4.5, "latents (1, 4, h/32, w/32) of the binned size", mask=_MASK,
+                 binning=True, extra=_NO_PROMPT),
+    "wan": Call(WAN_TRAINED, 5.0, "latents (1, 4, F, h/8, w/8)", frames=WAN_TRAINED_FRAMES),
+    "cogvideox": Call(COGVIDEOX_TRAINED, 6.0, "latents (1, F, 4, h/8, w/8)",
+                      frames=COGVIDEOX_TRAINED_FRAMES),
+    "ltx": Call(LTX_TRAINED, 3.0, "packed latents (1, F*h*w, 8)", frames=LTX_TRAINED_FRAMES,
+                temporal=8, mask=_MASK),
+    "hunyuan_video": Call(HUNYUAN_TRAINED, 6.0, "latents (1, 4, F, h/8, w/8)",
+                          frames=HUNYUAN_TRAINED_FRAMES, pooled=True, mask=_MASK,
+                          negatives="true_cfg"),
+    # cfg is true_cfg_scale; negative embeds are passed when cfg > 1.
+    "qwenimage": Call(QWEN_TRAINED, 4.0, "packed latents (1, (h/16)*(w/16), 16)",
+                      mask="prompt_embeds_mask", negatives="cfg", cfg_name="true_cfg_scale"),
+    # Chroma's own encoder returns a float mask (an int64 one fails in SDPA).
+    "chroma": Call(CHROMA_TRAINED, 5.0, "packed latents (1, (h/4)*(w/4), 16)", mask=_MASK,
+                   float_mask=True),
+    "cogview4": Call(COGVIEW4_TRAINED, 5.0, "latents (1, 4, h/8, w/8)"),
+    "lumina2": Call(LUMINA2_TRAINED, 4.0, "latents (1, 4, h/8, w/8)", mask=_MASK,
+                    extra=_NO_PROMPT),
+    # cfg is the embedded guidance.
+    "flux2": Call(FLUX2_TRAINED, 4.0, "packed latents (1, (h/16)*(w/16), 16)", negatives="never"),
+    "auraflow": Call(AURAFLOW_TRAINED, 3.5, "latents (1, 4, h/2, w/2)", mask=_MASK,
+                     extra=_NO_PROMPT),
+    # Sana-Video names num_frames "frames"; its bins need sample_size 30 or 22 (480p / 720p).
+    "sana_video": Call(SANA_VIDEO_TRAINED, 4.5, "latents (1, 4, F, h/8, w/8)",
+                       frames=SANA_VIDEO_TRAINED_FRAMES, mask=_MASK, frames_name="frames",
+                       extra=(*_NO_PROMPT, ("use_resolution_binning", False))),
+    "mochi": Call(MOCHI_TRAINED, 4.5, "latents (1, 12, F, h/8, w/8)", frames=MOCHI_TRAINED_FRAMES,
+                  temporal=6, steps=3, mask=_MASK),
+}  # fmt: skip
+
+# The per-family helpers the tests import: ``sd3_call_kwargs(height, width, steps=..., cfg=...,
+# seed=...)`` and so on.
+auraflow_call_kwargs, chroma_call_kwargs = CALLS["auraflow"], CALLS["chroma"]
+cogvideox_call_kwargs, cogview4_call_kwargs = CALLS["cogvideox"], CALLS["cogview4"]
+flux_call_kwargs, flux2_call_kwargs = CALLS["flux"], CALLS["flux2"]
+hunyuan_video_call_kwargs, ltx_call_kwargs = CALLS["hunyuan_video"], CALLS["ltx"]
+lumina2_call_kwargs, mochi_call_kwargs = CALLS["lumina2"], CALLS["mochi"]
+pixart_call_kwargs, qwenimage_call_kwargs = CALLS["pixart"], CALLS["qwenimage"]
+sana_call_kwargs, sana_video_call_kwargs = CALLS["sana"], CALLS["sana_video"]
+sd3_call_kwargs, wan_call_kwargs = CALLS["sd3"], CALLS["wan"]
+
+
+# --------------------------------------------------------------------------------------------
+# Registry and self-check
+# --------------------------------------------------------------------------------------------
 
 
 def _families() -> dict:
     """Every family: name -> (builder, call_kwargs, trained-size kwargs, doubled-size kwargs).
 
-    Doubled video sizes double the *latent* frame count (e.g. Wan 9 -> 21 pixel frames, 3 -> 6
-    latent frames). Binning families are listed twice: with the default binning (the doubled
-    request runs at the trained size) and with ``binning=False``."""
-    from functools import partial
-
-    return {
-        "sd3": _family(tiny_sd3_pipeline, sd3_call_kwargs, *_image(SD3_TRAINED)),
-        "flux_dev": _family(tiny_flux_pipeline, flux_call_kwargs, *_image(FLUX_TRAINED)),
-        "flux_dev_true_cfg": _family(
-            tiny_flux_pipeline, flux_call_kwargs, *_image(FLUX_TRAINED), true_cfg=4.0
-        ),
-        "flux_schnell_true_cfg": _family(
-            partial(tiny_flux_pipeline, guidance_embeds=False),
-            flux_call_kwargs,
-            *_image(FLUX_TRAINED),
-            true_cfg=4.0,
-        ),
-        "pixart_sigma": _family(
-            tiny_pixart_sigma_pipeline, pixart_call_kwargs, *_image(PIXART_TRAINED)
-        ),
-        "pixart_sigma_nobin": _family(
-            tiny_pixart_sigma_pipeline, pixart_call_kwargs, *_image(PIXART_TRAINED), binning=False
-        ),
-        "pixart_alpha_micro": _family(
-            tiny_pixart_alpha_pipeline, pixart_call_kwargs, *_image(PIXART_ALPHA_MICRO_TRAINED)
-        ),
-        "pixart_alpha_micro_nobin": _family(
-            tiny_pixart_alpha_pipeline,
-            pixart_call_kwargs,
-            *_image(PIXART_ALPHA_MICRO_TRAINED),
-            binning=False,
-        ),
-        "sana": _family(tiny_sana_pipeline, sana_call_kwargs, *_image(SANA_TRAINED)),
-        "sana_nobin": _family(
-            tiny_sana_pipeline, sana_call_kwargs, *_image(SANA_TRAINED), binning=False
-        ),
-        "wan21": _family(
-            tiny_wan_pipeline, wan_call_kwargs, *_video(WAN_TRAINED, WAN_TRAINED_FRAMES, 4)
-        ),
-        "wan22": _family(
-            tiny_wan22_pipeline, wan_call_kwargs, *_video(WAN_TRAINED, WAN_TRAINED_FRAMES, 4)
-        ),
-        "cogvideox": _family(
-            tiny_cogvideox_pipeline,
-            cogvideox_call_kwargs,
-            *_video(COGVIDEOX_TRAINED, COGVIDEOX_TRAINED_FRAMES, 4),
-        ),
-        "ltx": _family(
-            tiny_ltx_pipeline, ltx_call_kwargs, *_video(LTX_TRAINED, LTX_TRAINED_FRAMES, 8)
-        ),
-        "hunyuan_video": _family(
-            tiny_hunyuan_video_pipeline,
-            hunyuan_video_call_kwargs,
-            *_video(HUNYUAN_TRAINED, HUNYUAN_TRAINED_FRAMES, 4),
-        ),
-        "hunyuan_video_true_cfg": _family(
-            tiny_hunyuan_video_pipeline,
-            hunyuan_video_call_kwargs,
-            *_video(HUNYUAN_TRAINED, HUNYUAN_TRAINED_FRAMES, 4),
-            true_cfg=4.0,
-        ),
-        "qwenimage": _family(tiny_qwenimage_pipeline, qwenimage_call_kwargs, *_image(QWEN_TRAINED)),
-        "chroma": _family(tiny_chroma_pipeline, chroma_call_kwargs, *_image(CHROMA_TRAINED)),
-        "cogview4": _family(
-            tiny_cogview4_pipeline, cogview4_call_kwargs, *_image(COGVIEW4_TRAINED)
-        ),
-        "lumina2": _family(tiny_lumina2_pipeline, lumina2_call_kwargs, *_image(LUMINA2_TRAINED)),
-        "flux2": _family(tiny_flux2_pipeline, flux2_call_kwargs, *_image(FLUX2_TRAINED)),
-    }
+    Binning families are listed twice: with the default binning (the doubled request runs at the
+    trained size) and with ``binning=False``; true-CFG families with and without it."""
+    alpha = replace(CALLS["pixart"], size=PIXART_ALPHA_MICRO_TRAINED)  # with micro-conditions
+    true_cfg, nobin = dict(true_cfg=4.0), dict(binning=False)
+    table = {  # name: (builder, call, options)
+        "sd3": (tiny_sd3_pipeline, CALLS["sd3"], {}),
+        "flux_dev": (tiny_flux_pipeline, CALLS["flux"], {}),
+        "flux_dev_true_cfg": (tiny_flux_pipeline, CALLS["flux"], true_cfg),
+        "flux_schnell_true_cfg": (partial(tiny_flux_pipeline, guidance_embeds=False),
+                                  CALLS["flux"], true_cfg),
+        "pixart_sigma": (tiny_pixart_sigma_pipeline, CALLS["pixart"], {}),
+        "pixart_sigma_nobin": (tiny_pixart_sigma_pipeline, CALLS["pixart"], nobin),
+        "pixart_alpha_micro": (tiny_pixart_alpha_pipeline, alpha, {}),
+        "pixart_alpha_micro_nobin": (tiny_pixart_alpha_pipeline, alpha, nobin),
+        "sana": (tiny_sana_pipeline, CALLS["sana"], {}),
+        "sana_nobin": (tiny_sana_pipeline, CALLS["sana"], nobin),
+        "wan21": (tiny_wan_pipeline, CALLS["wan"], {}),
+        "wan22": (tiny_wan22_pipeline, CALLS["wan"], {}),
+        "cogvideox": (tiny_cogvideox_pipeline, CALLS["cogvideox"], {}),
+        "ltx": (tiny_ltx_pipeline, CALLS["ltx"], {}),
+        "hunyuan_video": (tiny_hunyuan_video_pipeline, CALLS["hunyuan_video"], {}),
+        "hunyuan_video_true_cfg": (tiny_hunyuan_video_pipeline, CALLS["hunyuan_video"], true_cfg),
+        "qwenimage": (tiny_qwenimage_pipeline, CALLS["qwenimage"], {}),
+        "chroma": (tiny_chroma_pipeline, CALLS["chroma"], {}),
+        "cogview4": (tiny_cogview4_pipeline, CALLS["cogview4"], {}),
+        "lumina2": (tiny_lumina2_pipeline, CALLS["lumina2"], {}),
+        "flux2": (tiny_flux2_pipeline, CALLS["flux2"], {}),
+        "auraflow": (tiny_auraflow_pipeline, CALLS["auraflow"], {}),
+        "sana_video": (tiny_sana_video_pipeline, CALLS["sana_video"], {}),
+        "mochi": (tiny_mochi_pipeline, CALLS["mochi"], {}),
+    }  # fmt: skip
+    return {name: (builder, partial(call, **options), *call.sizes())
+            for name, (builder, call, options) in table.items()}  # fmt: skip
 
 
 def _self_check() -> None:

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+
+import pytest
+from benchmark_modules import load_benchmark as _bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _checkout_report_untouched():
+    """No smoke run may rewrite the checkout's benchmarks/RESULTS.md (restored if one does)."""
+    path = ROOT / "benchmarks" / "RESULTS.md"
+    before = path.read_bytes()
+    yield
+    after = path.read_bytes()
+    if after != before:
+        path.write_bytes(before)
+    assert after == before, "the test rewrote benchmarks/RESULTS.md"
+
+
 def test_gpu_cost_smoke(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_cost
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    gpu_cost = _bench("gpu_cost")
     out = tmp_path / "gpu_cost.md"
     text = gpu_cost.main(["--smoke", "--models", "0,2", "--warmup", "0", "--output", str(out)])
     assert out.read_text() == text
@@ -36,20 +46,12 @@ def test_gpu_cost_smoke(tmp_path):
         assert r["call_ms"]["high"][0] > 0 and r["call_ms"]["low"][0] > 0
 
 
-def _bench(name):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-
-
 def test_quality_v2_smoke(tmp_path, monkeypatch):
     """Sample two cells (pixel UNet, latent flow), measure them, and write the report's tables."""
-    quality_v2 = _bench("quality_v2")
+    quality_v2, report = _bench("quality_v2"), _bench("report")
     monkeypatch.setattr(quality_v2, "OUT", tmp_path / "out")
     # main() ends by regenerating benchmarks/RESULTS.md; the checkout's report stays as it is.
-    monkeypatch.setattr(_bench("quality"), "write_report", lambda: None)
+    monkeypatch.setattr(report, "write_report", lambda: None)
     samples = tmp_path / "samples"
     common = ["--n", "2", "--steps", "1", "--samples-dir", str(samples), "--stage", "sample"]
     quality_v2.main(["--model", "textured", "--methods", "basic", *common])
@@ -64,12 +66,12 @@ def test_quality_v2_smoke(tmp_path, monkeypatch):
     latent = cells[0]["rows"]
     assert {"naive", "UG θ=1 η=1", "UG θ=1 η=0.6", "HiRes.fix s=0.5 + UG θ=1 η=1"} <= set(latent)
     assert latent["naive"]["n"] == 2 and latent["naive"]["domain_frechet"] >= 0
-    text = "\n".join(quality_v2.report_lines())
+    text = "\n".join(report.quality_v2_lines(tmp_path / "out"))
     # One step gives no useful samples: the lines are computed, not judged, here.
     assert "### latent-flow, 2× (64×64), 1 steps" in text
     assert "### Targets (quality, version 2)" in text
     assert "- Textured, 2×" not in text  # the targets are read from the 20-step cells only
-    lines = quality_v2.target_lines([dict(c, steps=20) for c in cells])
+    lines = report.target_lines([dict(c, steps=20) for c in cells])
     assert any(
         line.startswith("- Textured, 2×: UG (θ = 1, η = 1) domain Fréchet") for line in lines
     )
@@ -83,15 +85,15 @@ def test_quality_v2_smoke(tmp_path, monkeypatch):
 
 def test_quality_v2_sweep_table_compares_at_one_n():
     """θ = η = 1 enters the sweep tables on the sweep's n (its first-n row), and best is named."""
-    quality_v2 = _bench("quality_v2")
+    report = _bench("report")
 
     def r(one, dom, n):
         return dict(one_object=one, domain_frechet=dom, n=n)
 
     rows = {"UG θ=1 η=1": r(1.0, 10.0, 32), "UG θ=1 η=1, first 16": r(0.875, 50.0, 16)}
-    rows.update({f"UG θ=1 η={e:g}": r(0.9375, 40.0 + 10 * e, 16) for e in quality_v2.ETAS})
+    rows.update({f"UG θ=1 η={e:g}": r(0.9375, 40.0 + 10 * e, 16) for e in report.ETAS})
     cell = dict(model="m", factor=2, steps=20, rows=rows)
-    text = "\n".join(quality_v2.sweep_lines([cell]))
+    text = "\n".join(report.sweep_lines([cell]))
     assert "### The θ sweep" not in text  # one θ value only: no θ table
     row = next(line for line in text.splitlines() if line.startswith("| m | 2× | 20 |"))
     assert row == (

@@ -6,16 +6,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from benchmark_modules import load_benchmark
 
 from ug_core.demo import textured
-from ug_core.demo.encoder import (
-    FEATURE_DIM,
-    TARGETS,
-    DomainEncoder,
-    domain_frechet,
-    load_encoder,
-    scene_targets,
-)
+
+_encoder = load_benchmark("domain_encoder")
+FEATURE_DIM, TARGETS, DomainEncoder = _encoder.FEATURE_DIM, _encoder.TARGETS, _encoder.DomainEncoder
+domain_frechet, load_encoder = _encoder.domain_frechet, _encoder.load_encoder
+scene_targets = _encoder.scene_targets
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +69,7 @@ def test_metric_sanity_with_shipped_weights(encoder):
 
 
 def test_training_script_smoke(tmp_path):
-    from ug_core.demo.train_encoder import main
-
+    main = load_benchmark("train_encoder").main
     args = ["--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--pool-scale", "0.001",
             "--held-out", "4", "--log-every", "1", "--save-every", "2"]  # fmt: skip
     assert main(args) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from benchmark_modules import load_benchmark
 
 from ug_core.demo import metrics, shapes
 from ug_core.demo.model import ASSET_DIR, load
@@ -142,8 +143,7 @@ def test_training_script_runs_on_cpu_and_is_reproducible(tmp_path):
     from diffusers import UNet2DModel
     from safetensors.torch import load_file
 
-    from ug_core.demo.train import main as train_main
-
+    train_main = load_benchmark("train").main
     args = ["--steps", "3", "--batch-size", "4", "--pool", "16", "--threads", "1",
             "--log-every", "1", "--save-every", "3", "--device", "cpu"]  # fmt: skip
     for name in ("a", "b"):

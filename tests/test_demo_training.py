@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import torch
+from benchmark_modules import load_benchmark
 
 
 def test_textured_unet_training_smoke(tmp_path):
     from diffusers import UNet2DModel
 
-    from ug_core.demo.train import main
-
+    main = load_benchmark("train").main
     args = ["--out", str(tmp_path), "--data", "textured", "--steps", "2", "--batch-size", "4",
             "--pool", "8", "--threads", "1", "--log-every", "1", "--save-every", "2"]  # fmt: skip
     assert main(args) == 0
@@ -23,7 +23,8 @@ def test_textured_unet_training_smoke(tmp_path):
 def test_latent_flow_training_smoke(tmp_path):
     """VAE then transformer, two steps each; the folder loads as a StableDiffusion3Pipeline."""
     from ug_core.demo.latent import load_pipeline
-    from ug_core.demo.train_latent import main
+
+    main = load_benchmark("train_latent").main
 
     common = ["--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--pool", "8",
               "--log-every", "1", "--save-every", "2"]  # fmt: skip

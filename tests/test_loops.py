@@ -2,10 +2,13 @@
 
 import pytest
 import torch
+from benchmark_modules import load_benchmark
 from ug_core.adapters.loops import loop_timesteps, sample_ddim, sample_ddpm
 
 from ug_core import DiscreteSchedule, UpsampleGuidance
-from ug_core.testbed import GaussianTestbed, log_spectral_distance
+
+_testbed = load_benchmark("testbed")  # benchmarks/testbed.py
+GaussianTestbed, log_spectral_distance = _testbed.GaussianTestbed, _testbed.log_spectral_distance
 
 SCHED = DiscreteSchedule.linear()
 

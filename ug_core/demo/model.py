@@ -19,11 +19,12 @@ import torch
 
 from ..adapters.loops import sample_ddim
 from ..guidance import UpsampleGuidance
-from ..operators import check_divisible, downsample, normalize_factors
+from ..operators import block_size, check_divisible, downsample, normalize_factors, whiten
 from ..schedules import DiscreteSchedule
 
 __all__ = [
     "ASSET_DIR",
+    "SCHEDULER_CONFIG",
     "DemoModel",
     "ModelLoadError",
     "load",
@@ -35,6 +36,19 @@ __all__ = [
 
 #: The embedded model's folder (``UNet2DModel.save_pretrained`` + ``scheduler_config.json``).
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes32"
+
+#: The DDPMScheduler's configuration of the embedded image models (shapes32, textured32): 1000
+#: linear-beta steps, ε-prediction, x0 clipped to [-1, 1]. Training writes it
+#: (``benchmarks/training/train.py``); the video model's DDIM schedule extends it.
+SCHEDULER_CONFIG: dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_schedule="linear",
+    beta_start=1e-4,
+    beta_end=0.02,
+    prediction_type="epsilon",
+    clip_sample=True,
+    clip_sample_range=1.0,
+)
 
 
 class ModelLoadError(ValueError):
@@ -206,7 +220,7 @@ def generate(
     size: int | Sequence[int],
     seed: int = 0,
     steps: int = 25,
-    factors: int | Sequence[int] | None = None,
+    factors: object = None,
     scale: float | Callable[[torch.Tensor], torch.Tensor] = 1.0,
     eta: float = 1.0,
     ddim_eta: float = 0.0,
@@ -219,8 +233,9 @@ def generate(
 ) -> torch.Tensor:
     """``n`` DDIM samples at ``size`` (images in [-1, 1], on the CPU).
 
-    With ``factors`` (e.g. ``(2, 2)``), upsample guidance from the core with scale ``scale`` and
-    gate ``eta`` (on during the noisiest ``eta`` of the time axis); without, plain sampling.
+    With ``factors`` (e.g. ``(2, 2)``, or ratios such as ``(3/2, 3/2)``), upsample guidance from
+    the core with scale ``scale`` and gate ``eta`` (on during the noisiest ``eta`` of the time
+    axis); without, plain sampling.
     ``ddim_eta`` is DDIM's stochasticity (0: deterministic DDIM, 1: DDPM-like; its noise is drawn
     from a generator seeded with ``seed``). ``noise`` (n, C, H, W) overrides the per-seed x_T
     (:func:`initial_noise`); ``labels`` default to :func:`default_labels`.
@@ -270,7 +285,13 @@ def _ticking(
     return fn
 
 
-def low_res_noise(noise: torch.Tensor, factors: int | Sequence[int]) -> torch.Tensor:
-    """The trained-size x_T that matches a high-resolution one: ``√k·D[x_T]`` (unit variance)."""
+def low_res_noise(noise: torch.Tensor, factors: object) -> torch.Tensor:
+    """The trained-size x_T that matches a high-resolution one: ``√k·W[D[x_T]]``.
+
+    ``factors`` act on the trailing axes (integers or ratios p/q). For white unit-variance
+    ``noise`` the result is white with unit variance exactly: ``D[ε]`` has covariance ``DDᵀ``,
+    which the whitening W (:func:`ug_core.operators.whiten`, the identity for integer factors,
+    where ``DDᵀ = I/k``) turns into ``I/k``.
+    """
     factors = normalize_factors(factors)
-    return downsample(noise, factors) * math.sqrt(math.prod(factors))
+    return whiten(downsample(noise, factors), factors) * math.sqrt(block_size(factors))

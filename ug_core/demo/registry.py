@@ -27,7 +27,6 @@ model through the real ``StableDiffusion3Pipeline`` with
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +97,7 @@ class ShippedModel:
     def sample_methods(
         self,
         n: int = 4,
-        factors: Sequence[int] = (2, 2),
+        factors: Sequence[Any] = (2, 2),
         seed: int = 0,
         steps: int | None = None,
         scale: float = 1.0,
@@ -112,16 +111,24 @@ class ShippedModel:
 
         Sample ``i`` has seed ``seed + i`` and label ``(seed + i) mod 4`` unless ``labels`` is
         given (``n`` class indices, the null class ``len(CLASSES)`` included); the trained-size run
-        starts from ``√k·D[x_T]`` of the same ``x_T``. ``model`` reuses a loaded model
+        starts from ``√k·W[D[x_T]]`` of the same ``x_T`` (``model.low_res_noise``). ``factors``
+        are integers or ratios p/q (``(3/2, 3/2)``: 48×48). ``model`` reuses a loaded model
         (:meth:`load`). ``progress`` shows the UNets' progress bars (the latent pipeline's own bar
         follows its ``set_progress_bar_config``).
         """
+        from fractions import Fraction
+
         import torch.nn.functional as F
 
-        ok = isinstance(factors, Sequence) and len(factors) == 2
-        ok = ok and all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in factors)
-        if not ok or tuple(factors) == (1, 1):
-            raise ValueError(f"factors must be two integers >= 1, not both 1; got {factors!r}")
+        from ..factors import normalize_factors
+        from .model import generate, initial_noise, low_res_noise
+
+        allowed = "two integers >= 1 or ratios p/q such as 3/2, not both 1"
+        if not isinstance(factors, Sequence) or isinstance(factors, str) or len(factors) != 2:
+            raise ValueError(f"factors must be {allowed}; got {factors!r}")
+        factors = normalize_factors(factors, "factors")
+        if factors == (1, 1):
+            raise ValueError(f"factors must be {allowed}; got {factors!r}")
         if self.kind == "video":
             raise ValueError(
                 f"sample_methods is for image models; {self.name!r} is a video model: use "
@@ -133,36 +140,38 @@ class ShippedModel:
             raise ValueError(f"n must be >= 1 (samples per method), got {n}")
         if labels is not None:
             labels = _check_labels(labels, n)
-        fh, fw = factors
         steps = self.default_steps if steps is None else steps
         cfg = self.default_cfg if cfg is None else cfg
         th, tw = self.trained_size
-        size = (th * fh, tw * fw)
+        exact = (Fraction(th) * factors[0], Fraction(tw) * factors[1])
+        if any(s.denominator != 1 for s in exact):
+            raise ValueError(
+                f"factors {factors!r} take the trained size {th}x{tw} to {exact[0]}x{exact[1]} "
+                "pixels, not whole sizes"
+            )
+        size = (int(exact[0]), int(exact[1]))
         model = self.load() if model is None else model
         if labels is None:
             labels = torch.tensor([(seed + i) % len(shapes.CLASSES) for i in range(n)])
         if self.kind == "unet":
-            from .model import generate, initial_noise, low_res_noise
-
             noise = initial_noise(n, size, seed)
             common = dict(seed=seed, steps=steps, labels=labels, cfg=cfg, progress=progress)
             naive = generate(model, n, size, noise=noise, **common)
-            ug = generate(model, n, size, noise=noise, factors=(fh, fw), scale=scale, eta=eta,
+            ug = generate(model, n, size, noise=noise, factors=factors, scale=scale, eta=eta,
                           **common)  # fmt: skip
-            small = generate(model, n, (th, tw), noise=low_res_noise(noise, (fh, fw)), **common)
+            small = generate(model, n, (th, tw), noise=low_res_noise(noise, factors), **common)
         else:
             from ..adapters.diffusers import apply_upsample_guidance, remove_upsample_guidance
 
             latents = model.initial_latents(n, size, seed)
             common = dict(labels=labels, steps=steps, cfg=cfg)
             naive = model.generate(size=size, latents=latents, **common)
-            apply_upsample_guidance(model.pipe, factors=(fh, fw), scale=scale, eta=eta)
+            apply_upsample_guidance(model.pipe, factors=factors, scale=scale, eta=eta)
             try:
                 ug = model.generate(size=size, latents=latents, **common)
             finally:
                 remove_upsample_guidance(model.pipe)
-            k = fh * fw
-            small_latents = F.avg_pool2d(latents, (fh, fw)) * math.sqrt(k)
+            small_latents = low_res_noise(latents, factors)
             small = model.generate(size=(th, tw), latents=small_latents, **common)
         bicubic = F.interpolate(small, size=size, mode="bicubic", align_corners=False)
         return {"naive": naive, "ug": ug, "bicubic": bicubic.clamp(-1, 1)}

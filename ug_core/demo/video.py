@@ -25,15 +25,15 @@ with factors on (frames, height, width). Example::
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..operators import downsample, normalize_factors
-from .train import SCHEDULER_CONFIG as IMAGE_SCHEDULER_CONFIG
+from ..operators import normalize_factors
+from .model import SCHEDULER_CONFIG as IMAGE_SCHEDULER_CONFIG
+from .model import low_res_noise  # the trained-size x_T: factors on (frames, height, width)
 
 __all__ = [
     "ASSET_DIR",
@@ -176,13 +176,14 @@ class VideoModel:
         scale: float = 1.0,
         eta: float = 1.0,
         progress: bool = False,
+        desc: str | None = None,
     ) -> torch.Tensor:
         """Clips (n, 3, F, H, W) in [-1, 1] on the CPU, from the initial noise ``noise``.
 
         ``noise`` (n, 3, F, H, W) sets the frame count and size; with ``factors`` on (frames,
         height, width), upsample guidance (scale θ ``scale``, gate ``eta``) is applied to the
         pipeline for this call and removed after it. ``cfg`` is the pipeline's guidance scale
-        (1: no classifier-free guidance).
+        (1: no classifier-free guidance); ``desc`` labels the progress bar.
         """
         from ..adapters.diffusers import apply_upsample_guidance, remove_upsample_guidance
 
@@ -195,7 +196,7 @@ class VideoModel:
             raise ValueError(f"got {len(prompt)} labels for {len(noise)} noise clips")
         _, _, frames, h, w = noise.shape
         pipe = self.pipe
-        pipe.set_progress_bar_config(disable=not progress)
+        pipe.set_progress_bar_config(disable=not progress, desc=desc)
         if factors is not None:
             apply_upsample_guidance(pipe, normalize_factors(factors), scale, eta=eta)
         try:
@@ -274,15 +275,6 @@ def initial_noise(n: int, frames: int, size: int | Sequence[int], seed: int) -> 
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
     return torch.stack([torch.randn(3, frames, h, w, generator=g) for g in gens])
-
-
-def low_res_noise(noise: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
-    """The trained-size x_T matching a large one: ``√k·D[x_T]`` (unit variance).
-
-    ``factors`` are on (frames, height, width).
-    """
-    factors = normalize_factors(factors)
-    return downsample(noise, factors) * math.sqrt(math.prod(factors))
 
 
 def video_factors(factors: int | Sequence[int]) -> tuple[int, int, int]:
@@ -365,7 +357,7 @@ def sample_methods(
     (:func:`low_res_noise`), frames linearly blended (:func:`interpolate_frames`) and upscaled
     bicubically (:func:`upscale_bicubic`) as the factors need. Every method starts from the
     per-seed noise of :func:`initial_noise`. Labels default to ``seed mod classes``.
-    ``progress`` shows the pipeline's progress bars.
+    ``progress`` shows the pipeline's progress bars, labelled naive, UG and the baseline's name.
     """
     ff, fh, fw = video_factors(factors)
     unknown = set(methods) - {"naive", "ug", "baseline"}
@@ -378,7 +370,7 @@ def sample_methods(
     noise = torch.cat([initial_noise(1, frames, size, s) for s in seeds])
     out: dict[str, torch.Tensor] = {}
 
-    def run(x: torch.Tensor, guided: bool) -> torch.Tensor:
+    def run(x: torch.Tensor, guided: bool, desc: str) -> torch.Tensor:
         parts = []
         for i in range(0, len(x), batch_size):
             parts.append(
@@ -391,17 +383,18 @@ def sample_methods(
                     scale=scale,
                     eta=eta,
                     progress=progress,
+                    desc=desc,
                 )  # fmt: skip
             )
         return torch.cat(parts)
 
     for method in methods:
         if method == "naive":
-            out[method] = run(noise, False)
+            out[method] = run(noise, False, "naive")
         elif method == "ug":
-            out[method] = run(noise, True)
+            out[method] = run(noise, True, "UG")
         else:
-            low = run(low_res_noise(noise, (ff, fh, fw)), False)
+            low = run(low_res_noise(noise, (ff, fh, fw)), False, baseline_name((ff, fh, fw)))
             if ff > 1:
                 low = interpolate_frames(low, ff)
             if (fh, fw) != (1, 1):

@@ -7,8 +7,10 @@ trained-resolution ε-predictor is a Wiener filter, diagonal in Fourier space::
     ε̂(x_t) = F⁻¹[ s / (a²·λ_low + s²) · F[x_t] ],   x_t = a·x0 + s·ε,
 
 with ``λ_low`` the trained-resolution power spectrum. :meth:`GaussianTestbed.eps_model` applies it
-at any size as a fixed trained-size kernel, as a CNN would be applied. ``python -m
-ug_core.testbed`` prints the tables; why this testbed: ``docs/design.md``.
+at any size as a fixed trained-size kernel, as a CNN would be applied. ``python
+benchmarks/testbed.py`` prints the tables (``benchmarks/analytic_testbed.py`` writes them into
+``benchmarks/results/``); why this testbed: ``docs/design.md``. Samples come from the package's
+own DDIM loop (:func:`ug_core.adapters.loops.sample_ddim`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+from ug_core.adapters.loops import sample_ddim
 
-from .guidance import UpsampleGuidance
-from .operators import downsample, normalize_factors
-from .parameterizations import prediction_to_x0, x0_to_prediction
-from .schedules import DiscreteSchedule, as_times
+from ug_core.guidance import UpsampleGuidance
+from ug_core.operators import downsample, normalize_factors
+from ug_core.schedules import DiscreteSchedule, as_times
 
 __all__ = ["GaussianTestbed", "ddim", "log_spectral_distance", "power_spectrum", "run"]
 
@@ -172,31 +174,12 @@ def ddim(
     steps: int,
     noise: torch.Tensor,
 ) -> torch.Tensor:
-    """Deterministic DDIM for an ε-model, from x_T = ``noise`` to x0.
+    """Deterministic DDIM for an ε-model, from x_T = ``noise`` to x0, without a progress bar.
 
-    ``steps`` timesteps evenly spaced from N − 1 down to 0 (rounded), each step
-    ``x ← √ᾱ_prev·x0̂ + √(1 − ᾱ_prev)·ε̂`` with ``x0̂ = (x − √(1 − ᾱ_t)·ε̂)/√ᾱ_t``; the last step goes
-    to ᾱ = 1 (returns x0̂). The same update as ``ug_core.adapters.loops.sample_ddim``, which the
-    pure core does not import (tests check that the two agree).
+    :func:`ug_core.adapters.loops.sample_ddim`: ``steps`` timesteps evenly spaced from N − 1 down
+    to 0 (rounded); the last step goes to ᾱ = 1 (returns x0̂).
     """
-    n = schedule.num_timesteps
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n:
-        raise ValueError(f"steps must be an integer in [1, {n}], got {steps!r}")
-    ac = schedule.alphas_cumprod
-    ts = (
-        torch.linspace(n - 1, 0, steps, dtype=_F64).round().long().tolist()
-        if steps > 1
-        else [n - 1]
-    )
-    x = noise
-    for i, t in enumerate(ts):
-        eps = eps_model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
-        a_t, s_t = ac[t].sqrt().item(), (1 - ac[t]).sqrt().item()
-        ac_prev = ac[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
-        x0 = prediction_to_x0(eps, x, a_t, s_t, "epsilon")
-        eps = x0_to_prediction(x0, x, a_t, s_t, "epsilon")
-        x = ac_prev**0.5 * x0 + max(1 - ac_prev, 0.0) ** 0.5 * eps
-    return x
+    return sample_ddim(eps_model, schedule, steps, noise=noise, progress=False)
 
 
 def run(

@@ -1,9 +1,10 @@
 """A learned feature extractor for the proving ground, and the "domain Fréchet distance" on it.
 
 FID compares Inception features; none can be downloaded here, and ImageNet features would not know
-this domain anyway. :class:`DomainEncoder` is a small CNN trained (``python -m
-ug_core.demo.train_encoder``) on procedural scenes, flat and textured, with one or two shapes, at
-32, 64 and 96 pixels (global pooling, so any size works), to predict what defines a scene:
+this domain anyway. :class:`DomainEncoder` is a small CNN trained (``python
+benchmarks/training/train_encoder.py``) on procedural scenes, flat and textured, with one or two
+shapes, at 32, 64 and 96 pixels (global pooling, so any size works), to predict what defines a
+scene:
 
 - the classes present (multi-label), the object count (1 or 2), whether the scene is textured;
 - the shapes' area-weighted centre, total area and largest circumradius;
@@ -26,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .shapes import CLASSES
-from .textured import BETA_RANGE, MAX_ANISOTROPY, SceneParams
+from ug_core.demo.shapes import CLASSES
+from ug_core.demo.textured import BETA_RANGE, MAX_ANISOTROPY, SceneParams
 
 __all__ = [
     "ENCODER_DIR",
@@ -40,8 +41,8 @@ __all__ = [
     "domain_frechet",
 ]
 
-#: The shipped encoder's folder.
-ENCODER_DIR = Path(__file__).resolve().parent.parent / "assets" / "domain_encoder"
+#: The trained encoder's folder (weights, configuration, training log and TRAINING.md).
+ENCODER_DIR = Path(__file__).resolve().parent / "assets" / "domain_encoder"
 
 #: Channel widths of the four stages, the hidden width and the feature dimension.
 ENCODER_CONFIG = dict(channels=(32, 64, 128, 128), hidden=192, feature_dim=64)
@@ -179,7 +180,7 @@ class DomainEncoder(nn.Module):
 def load_encoder(
     path: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> DomainEncoder:
-    """Load the shipped encoder (or one saved by the training script in ``path``)."""
+    """Load the trained encoder (or one saved by the training script in ``path``)."""
     from safetensors.torch import load_file
 
     folder = ENCODER_DIR if path is None else Path(path)
@@ -201,7 +202,7 @@ def domain_frechet(
     Either argument may be images (n, 3, H, W) in [-1, 1] or features already computed
     (n, :data:`FEATURE_DIM`). Needs at least 2 rows on each side.
     """
-    from .metrics import frechet_distance
+    from ug_core.demo.metrics import frechet_distance
 
     encoder = encoder or load_encoder()
 

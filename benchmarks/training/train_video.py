@@ -1,8 +1,8 @@
 """Train the embedded video model: a class-conditional UNetMotionModel on 8×32×32 moving shapes.
 
-Reproducible and seeded, on the CPU or a GPU::
+Reproducible and seeded, on the CPU or a GPU, from the repository root::
 
-    python -m ug_core.demo.train_video --out ug_core/assets/video32
+    python benchmarks/training/train_video.py --out ug_core/assets/video32
 
 writes ``config.json`` + ``diffusion_pytorch_model.safetensors`` (``UNetMotionModel``, the EMA
 weights), ``class_embeddings.safetensors`` (the learned class tokens, EMA; the last row is the
@@ -32,10 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from train import ema_update, optimizer_step  # benchmarks/training/train.py
 
-from . import moving_shapes
-from .shapes import CLASSES
-from .video import (
+from ug_core.demo import moving_shapes
+from ug_core.demo.shapes import CLASSES
+from ug_core.demo.video import (
     SCHEDULER_CONFIG,
     TOKEN_DIM,
     TOKENS,
@@ -159,7 +160,7 @@ def train(
     net = VideoNet(seed)
     init_info = None
     if init is not None:
-        from .model import ASSET_DIR as SHAPES_DIR
+        from ug_core.demo.model import ASSET_DIR as SHAPES_DIR
 
         folder = SHAPES_DIR if init == "shapes32" else Path(init)
         init_info = init_from_image_model(net.unet, folder)
@@ -213,14 +214,8 @@ def train(
         a = ac[t].view(-1, 1, 1, 1, 1).to(device)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         loss = torch.nn.functional.mse_loss(net(xt, t.to(device), labels), eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+        optimizer_step(loss, net.parameters(), opt, sched)
+        ema_update(ema, net, step, ema_decay)
         losses.append(loss.item())
         if step % log_every == 0 or step == steps:
             print(
@@ -237,8 +232,10 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``python -m ug_core.demo.train_video --help``)."""
-    p = argparse.ArgumentParser(prog="python -m ug_core.demo.train_video", description=__doc__)
+    """Command-line entry point (``python benchmarks/training/train_video.py --help``)."""
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/training/train_video.py", description=__doc__
+    )
     p.add_argument("--out", default="ug_core/assets/video32", help="output folder")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=16, help="clips per step")

@@ -1,8 +1,8 @@
-"""Train the domain encoder (:mod:`ug_core.demo.encoder`): the domain Fréchet distance's features.
+"""Train the domain encoder (``benchmarks/domain_encoder.py``): the domain Fréchet features.
 
-Reproducible and seeded, on the CPU or a GPU::
+Reproducible and seeded, on the CPU or a GPU, from the repository root::
 
-    python -m ug_core.demo.train_encoder --out ug_core/assets/domain_encoder
+    python benchmarks/training/train_encoder.py --out benchmarks/assets/domain_encoder
 
 The data: for each of 32, 64 and 96 pixels a pool of scenes (half flat, half textured; a fraction
 ``--two-objects`` with a second shape), rendered from the seed, with random horizontal and vertical
@@ -16,15 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from train import optimizer_step  # benchmarks/training/train.py
 
-from . import textured
-from .encoder import TARGETS, DomainEncoder, scene_targets
+from ug_core.demo import textured
+
+BENCHMARKS = str(Path(__file__).resolve().parents[1])  # benchmarks/, where the encoder is
+if BENCHMARKS not in sys.path:  # run as a script: only benchmarks/training/ is on the path
+    sys.path.insert(0, BENCHMARKS)
+
+from domain_encoder import TARGETS, DomainEncoder, scene_targets  # noqa: E402
 
 __all__ = ["RESOLUTIONS", "render_scene_pool", "train_encoder", "main"]
 
@@ -169,11 +176,7 @@ def train_encoder(
         idx = torch.randint(0, len(images), (batch_size,), generator=gen)
         x, t = _flip(images[idx].float(), {k: v[idx] for k, v in tg.items()}, gen)
         loss, parts = _loss(model(x.to(device)), {k: v.to(device) for k, v in t.items()})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, model.parameters(), opt, sched)
         history.append(parts)
         if step % log_every == 0 or step == steps:
             mean = {k: np.mean([h[k] for h in history[-log_every:]]) for k in parts}
@@ -189,10 +192,11 @@ def train_encoder(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``python -m ug_core.demo.train_encoder --help``)."""
-    p = argparse.ArgumentParser(prog="python -m ug_core.demo.train_encoder", description=__doc__,
+    """Command-line entry point (``python benchmarks/training/train_encoder.py --help``)."""
+    p = argparse.ArgumentParser(prog="python benchmarks/training/train_encoder.py",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--out", default="ug_core/assets/domain_encoder", help="output folder")
+    p.add_argument("--out", default="benchmarks/assets/domain_encoder", help="output folder")
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-3)

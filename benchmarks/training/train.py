@@ -2,12 +2,12 @@
 
 Reproducible and seeded, on the CPU::
 
-    python -m ug_core.demo.train --out ug_core/assets/shapes32
+    python benchmarks/training/train.py --out ug_core/assets/shapes32
 
 writes ``config.json`` + ``diffusion_pytorch_model.safetensors`` (``UNet2DModel.save_pretrained``,
 the EMA weights) and ``scheduler_config.json`` (a ``DDPMScheduler``: 1000 steps, linear betas,
-epsilon prediction) and ``classes.json`` (the class names and the null class), and logs the loss
-and the wall time. The data are
+epsilon prediction; :data:`ug_core.demo.model.SCHEDULER_CONFIG`) and ``classes.json`` (the class
+names and the null class), and logs the loss and the wall time. The data are
 :mod:`ug_core.demo.shapes` images rendered at 32×32 from a fixed seed (a pool, with random
 horizontal flips, which leave the distribution unchanged). Class ``len(CLASSES)`` is the null class:
 labels are dropped to it with probability ``--cfg-dropout`` so that classifier-free guidance works.
@@ -27,14 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import textured as textured_data
-from .shapes import CLASSES, render, sample_params
+from ug_core.demo import textured as textured_data
+from ug_core.demo.model import SCHEDULER_CONFIG
+from ug_core.demo.shapes import CLASSES, render, sample_params
 
 __all__ = [
     "DATASETS",
     "MODEL_CONFIG",
     "SCHEDULER_CONFIG",
     "build_model",
+    "ema_update",
+    "optimizer_step",
     "render_pool",
     "train",
     "main",
@@ -57,17 +60,6 @@ MODEL_CONFIG = dict(
     num_class_embeds=len(CLASSES) + 1,
 )
 
-#: The DDPMScheduler's configuration.
-SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    beta_schedule="linear",
-    beta_start=1e-4,
-    beta_end=0.02,
-    prediction_type="epsilon",
-    clip_sample=True,
-    clip_sample_range=1.0,
-)
-
 
 def build_model(seed: int = 0):
     """A freshly initialised UNet2DModel with :data:`MODEL_CONFIG` (seeded)."""
@@ -82,6 +74,22 @@ def _alphas_cumprod() -> torch.Tensor:
     c = SCHEDULER_CONFIG
     betas = torch.linspace(c["beta_start"], c["beta_end"], c["num_train_timesteps"])
     return torch.cumprod(1.0 - betas.double(), 0).float()
+
+
+def optimizer_step(loss: torch.Tensor, params, opt, sched) -> None:
+    """One step on ``loss``: gradients clipped to norm 1, then the learning-rate schedule's step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    """EMA of the parameters, with the usual warm-up of the decay."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
 
 
 def render_pool(pool: int, seed: int, data: str = "flat", size: int = 32):
@@ -194,14 +202,8 @@ def train(
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         pred = model(xt, t, class_labels=y).sample
         loss = torch.nn.functional.mse_loss(pred, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+        optimizer_step(loss, model.parameters(), opt, sched)
+        ema_update(ema, model, step, ema_decay)
         losses.append(loss.item())
         if step % log_every == 0 or step == steps:
             print(
@@ -217,8 +219,8 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``python -m ug_core.demo.train --help``)."""
-    p = argparse.ArgumentParser(prog="python -m ug_core.demo.train", description=__doc__)
+    """Command-line entry point (``python benchmarks/training/train.py --help``)."""
+    p = argparse.ArgumentParser(prog="python benchmarks/training/train.py", description=__doc__)
     p.add_argument("--out", default="ug_core/assets/shapes32", help="output folder")
     # The defaults are the embedded model's settings (ug_core/assets/shapes32/TRAINING.md).
     p.add_argument("--steps", type=int, default=5500)

@@ -1,9 +1,9 @@
 """Train the latent flow model: the AutoencoderKL, then the SD3Transformer2DModel on its latents.
 
-Reproducible and seeded, on the CPU or a GPU::
+Reproducible and seeded, on the CPU or a GPU, from the repository root::
 
-    python -m ug_core.demo.train_latent vae --out runs/latent_flow
-    python -m ug_core.demo.train_latent transformer --out runs/latent_flow
+    python benchmarks/training/train_latent.py vae --out runs/latent_flow
+    python benchmarks/training/train_latent.py transformer --out runs/latent_flow
 
 Both write into one ``StableDiffusion3Pipeline`` folder (``--out``): ``vae/``, then
 ``transformer/``, ``scheduler/``, ``model_index.json``, ``class_embeddings.safetensors``,
@@ -39,16 +39,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from train import ema_update, optimizer_step, render_pool  # benchmarks/training/train.py
 
-from .latent import (
+from ug_core.demo.latent import (
     SCHEDULER_CONFIG,
     ClassEmbeddings,
     build_transformer,
     build_vae,
     latent_scaling,
 )
-from .shapes import CLASSES
-from .train import render_pool
+from ug_core.demo.shapes import CLASSES
 
 __all__ = ["train_vae", "train_transformer", "main"]
 
@@ -56,13 +56,6 @@ __all__ = ["train_vae", "train_transformer", "main"]
 def _log_spectrum(x: torch.Tensor) -> torch.Tensor:
     """log(1 + |FFT|) of each channel (the texture's energy per frequency)."""
     return torch.log1p(torch.fft.rfft2(x, norm="ortho").abs() * 8)
-
-
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
-    """EMA of the parameters, with the usual warm-up of the decay."""
-    d = min(decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
 
 
 def train_vae(
@@ -125,11 +118,7 @@ def train_vae(
         spectral = (_log_spectrum(rec) - _log_spectrum(x)).abs().mean()
         kl = post.kl().mean() / pixels  # per pixel, like the reconstruction terms
         loss = l1 + spectral_weight * spectral + kl_weight * pixels * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, vae.parameters(), opt, sched)
         for k, v in (("loss", loss), ("l1", l1), ("spectral", spectral), ("kl", kl)):
             hist[k].append(v.item())
         if step % log_every == 0 or step == steps:
@@ -287,13 +276,9 @@ def train_transformer(
             pooled_projections=pooled, return_dict=False,
         )[0]  # fmt: skip
         loss = torch.nn.functional.mse_loss(pred, eps - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        _ema_update(ema, model, step, ema_decay)
-        _ema_update(ema_emb, emb, step, ema_decay)
+        optimizer_step(loss, params, opt, sched)
+        ema_update(ema, model, step, ema_decay)
+        ema_update(ema_emb, emb, step, ema_decay)
         losses.append(loss.item())
         if step % log_every == 0 or step == steps:
             print(f"transformer step {step}/{steps} loss {np.mean(losses[-log_every:]):.4f} "
@@ -307,8 +292,9 @@ def train_transformer(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``python -m ug_core.demo.train_latent --help``)."""
-    p = argparse.ArgumentParser(prog="python -m ug_core.demo.train_latent", description=__doc__,
+    """Command-line entry point (``python benchmarks/training/train_latent.py --help``)."""
+    p = argparse.ArgumentParser(prog="python benchmarks/training/train_latent.py",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("stage", choices=("vae", "transformer"))
     p.add_argument("--out", default="ug_core/assets/latent_flow", help="pipeline folder")
