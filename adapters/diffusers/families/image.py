@@ -284,3 +284,17 @@ class Lumina2(Family):
     def model_time(self, scheduler_time: float, module: torch.nn.Module) -> float:
         """``1 − t/1000``."""
         return 1.0 - scheduler_time / 1000.0
+
+
+#: The families of this module, in the order they are listed.
+FAMILIES: tuple[Family, ...] = (
+    SD3(),
+    AuraFlow(),
+    Flux(),
+    Flux2(),
+    QwenImage(),
+    PixArt(),
+    DiT(),
+    Sana(),
+    Lumina2(),
+)

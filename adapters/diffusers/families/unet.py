@@ -110,3 +110,7 @@ class VideoUNet(UNet):
     name = "video UNet"
     classes = ("UNetMotionModel", "UNet3DConditionModel", "I2VGenXLUNet")
     video = True
+
+
+#: The families of this module, in the order they are listed.
+FAMILIES: tuple[Family, ...] = (UNet(), VideoUNet())

@@ -199,3 +199,14 @@ class LTXVideo(Family):
         spatial = getattr(pipe, "vae_spatial_compression_ratio", None)
         temporal = getattr(pipe, "vae_temporal_compression_ratio", None)
         return _latents(sizes, spatial, temporal)
+
+
+#: The families of this module, in the order they are listed.
+FAMILIES: tuple[Family, ...] = (
+    SanaVideo(),
+    Mochi(),
+    Wan(),
+    HunyuanVideo(),
+    CogVideoX(),
+    LTXVideo(),
+)
