@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from ..config import UpsampleGuidanceConfig, resolve_config
-from ..factors import parse_factors
 from ..guidance import LowResInputs, UpsampleGuidance
 from ..scales import ScaleLike
 from ..schedules import SigmaSchedule, discrete_time_fraction
@@ -190,8 +189,6 @@ class UpsampleGuidedDenoiser(nn.Module):
         if config is None:  # this adapter's defaults for the short form
             options.setdefault("time_matching", DEFAULT_TIME_MATCHING)
             options.setdefault("device_time", "read")
-        if isinstance(factors, (str, numbers.Real)):  # one number: both spatial axes
-            factors = parse_factors(factors)
         config = resolve_config(config, factors=factors, scale=scale, **options)
         schedule = _sigma_schedule(inner, sigma_min, sigma_max, fraction)
         self.inner_model = inner

@@ -10,9 +10,10 @@ imports no torch.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
-from .factors import Factor, normalize_factors
+from .factors import Factor, normalize_factors, parse_factors
 from .scales import ScaleLike, StepScale, check_eta, check_scale
 
 __all__ = [
@@ -67,7 +68,10 @@ class UpsampleGuidanceConfig:
     """
 
     factors: tuple[Factor, ...] = (2, 2)
-    """Upsampling factor per trailing axis (sampled size / trained size): ints or ratios p/q."""
+    """Upsampling factor per trailing axis (sampled size / trained size): ints or ratios p/q.
+
+    One number (or ``'3/2'``) means both spatial axes; a sequence gives one per trailing axis.
+    """
     scale: ScaleLike = 1.0
     """θ: the guidance weight w (dimensionless), or a callable from the time fraction to w."""
     eta: float = 1.0
@@ -87,7 +91,9 @@ class UpsampleGuidanceConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "factors", normalize_factors(self.factors))
+        single = isinstance(self.factors, (str, numbers.Real))  # one number: both spatial axes
+        factors = parse_factors(self.factors) if single else normalize_factors(self.factors)
+        set_(self, "factors", factors)
         scale, eta = check_scale(self.scale), check_eta(self.eta)
         if isinstance(scale, StepScale):  # one gate: step_scale(θ, η) is scale=θ, eta=η
             if eta != 1.0 and scale.eta != 1.0:
