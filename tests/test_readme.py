@@ -1,4 +1,4 @@
-"""The README's promises: its test command is what .ci/run runs, and its Python examples run."""
+"""The README's promises: its test command is what .ci/run runs; its and docs/'s examples run."""
 
 import os
 import re
@@ -21,10 +21,17 @@ def _shell_blocks():
     return re.findall(r"```(?:bash|sh|shell)\n(.*?)```", README, flags=re.S)
 
 
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def _python_blocks():
-    """Every ```python block; a block whose first line says 'not run here' is shown only."""
-    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
-    return [b for b in blocks if "not run here" not in b.splitlines()[0]]
+    """Every ```python block of the README and docs/ as (page, block), but 'not run here' ones."""
+    found = []
+    for page in PAGES:
+        blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+        name = page.relative_to(ROOT).as_posix()
+        found += [(name, b) for b in blocks if "not run here" not in b.splitlines()[0]]
+    return found
 
 
 def test_readme_opens_with_the_two_commands():
@@ -66,10 +73,11 @@ def test_the_readme_runs_the_venv_tools():
     assert offenders == []
 
 
-@pytest.mark.parametrize("index", range(len(_python_blocks())))
-def test_python_example_runs(index, tmp_path):
-    code = _python_blocks()[index]
-    script = tmp_path / f"readme_example_{index}.py"
+@pytest.mark.parametrize(
+    "page, code", _python_blocks(), ids=[f"{p}-{i}" for i, (p, _) in enumerate(_python_blocks())]
+)
+def test_python_example_runs(page, code, tmp_path):
+    script = tmp_path / "example.py"
     script.write_text(code)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
