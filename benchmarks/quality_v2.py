@@ -40,6 +40,7 @@ import os
 import platform
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,8 @@ import torch.nn.functional as F
 from baselines import lanczos, sdedit
 from domain_encoder import load_encoder
 from report import ETAS, LOW_ROW, STRENGTHS, THETAS, TRUTH_ROW
+
+from ug_core.factors import as_factor
 
 OUT = report.QUALITY_V2
 
@@ -61,7 +64,7 @@ class PixelRunner:
 
         self.model = entry.load()
         self.args, self.n, self.steps = args, args.n, args.steps
-        self.size = (32 * args.factor, 32 * args.factor)
+        self.size = (cell_size(args.factor),) * 2
         self.fac = (args.factor, args.factor)
         self.noise = initial_noise(self.n, self.size, 0)
         self.labels = default_labels(self.model, self.n, 0)
@@ -96,6 +99,8 @@ class LatentRunner:
     def __init__(self, entry, args) -> None:
         from diffusers import StableDiffusion3Img2ImgPipeline
 
+        if not isinstance(args.factor, int):
+            raise SystemExit(f"--factor {args.factor}: the latent-flow cells take integer factors")
         self.lf = entry.load()
         self.args, self.n, self.steps = args, args.n, args.steps
         self.size = (32 * args.factor, 32 * args.factor)
@@ -249,6 +254,25 @@ def _slug(name: str) -> str:
     return "_".join(filter(None, keep.split("_")))
 
 
+def cell_factor(value: object) -> int | Fraction:
+    """A cell's factor (both sides): an integer or a ratio such as 3/2 (``'1.5'``, 1.5)."""
+    return as_factor(value, "--factor")
+
+
+def cell_size(factor: object) -> int:
+    """The side in pixels of a cell's samples: 32 × factor, a whole number."""
+    side = 32 * Fraction(cell_factor(factor))
+    if side.denominator != 1:
+        raise SystemExit(f"--factor {factor}: 32 x {factor} is not a whole number of pixels")
+    return int(side)
+
+
+def factor_number(factor: object) -> int | float:
+    """The factor as a JSON number and in cell names: 2, or 1.5 for 3/2."""
+    f = cell_factor(factor)
+    return f if isinstance(f, int) else float(f)
+
+
 def sample_cell(args: argparse.Namespace) -> Path:
     """Sample the requested methods for one (model, factor, steps) cell into the samples folder.
 
@@ -259,7 +283,7 @@ def sample_cell(args: argparse.Namespace) -> Path:
 
     entry = shipped_model(args.model)
     runner = (LatentRunner if entry.kind == "latent-flow" else PixelRunner)(entry, args)
-    tag = f"{args.model}_{args.factor}x_{args.steps}steps"
+    tag = f"{args.model}_{factor_number(args.factor)}x_{args.steps}steps"
     folder = Path(args.samples_dir) / tag
     folder.mkdir(parents=True, exist_ok=True)
     group = "-".join(args.methods)
@@ -295,7 +319,7 @@ def sample_cell(args: argparse.Namespace) -> Path:
     runs.append({
         "command": "python benchmarks/quality_v2.py " + " ".join(args.argv),
         "methods": args.methods, "n": args.n, "cfg": args.cfg, "model": args.model,
-        "factor": args.factor, "steps": args.steps,
+        "factor": factor_number(args.factor), "steps": args.steps,
         "device": f"CPU ({platform.processor() or platform.machine()}, {args.threads} threads)",
     })  # fmt: skip
     runs_file.write_text(json.dumps(runs, indent=2, ensure_ascii=False) + "\n")
@@ -311,7 +335,7 @@ def measure_cell(folder: Path, n_ref: int) -> Path:
     entry = shipped_model(info["model"])
     encoder = load_encoder()
     thr = entry.segment_threshold
-    size = (32 * info["factor"], 32 * info["factor"])
+    size = (cell_size(info["factor"]),) * 2
     stored = [torch.load(p) for p in sorted(folder.glob("*.pt"))]
     order: dict[str, int] = {}
     for i, (name, _) in enumerate(method_plan(["main", "theta", "eta"], 1.0, 1.0)):
@@ -361,7 +385,12 @@ def measure_cell(folder: Path, n_ref: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="textured", help="shapes, textured or latent-flow")
-    p.add_argument("--factor", type=int, default=2)
+    p.add_argument(
+        "--factor",
+        type=cell_factor,
+        default=2,
+        help="upsampling factor on both sides: 2, 3, or a ratio such as 1.5 or 5/4",
+    )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--n", type=int, default=64, help="samples per method")
     p.add_argument("--n-ref", type=int, default=512, help="ground-truth reference images")
