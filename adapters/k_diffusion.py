@@ -1,4 +1,4 @@
-"""Upsample guidance for k-diffusion-style denoisers, in sigma space (ug-math §6).
+"""Upsample guidance for k-diffusion-style denoisers, in sigma space (docs/maths.md §6).
 
 A denoiser is any ``inner(x, sigma, **extra_args) -> denoised`` (the x0 estimate of
 ``x = x0 + σ·noise``). :class:`UpsampleGuidedDenoiser` wraps one and is one, so every
@@ -257,7 +257,7 @@ class CFGDenoiser(nn.Module):
     ``inner(cat[x, x], cat[σ, σ], cond=cat[uncond, cond], **extra_args)`` once and returns
     ``u + (c − u)·cond_scale``; ``uncond``/``cond`` are tensors or dicts/lists of tensors. It
     composes with :class:`UpsampleGuidedDenoiser` in either order, with the same result and one
-    low-resolution call per denoiser call (ug-math §10).
+    low-resolution call per denoiser call (docs/maths.md §10).
     """
 
     def __init__(self, inner: Denoiser) -> None:

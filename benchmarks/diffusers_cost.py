@@ -9,7 +9,7 @@ FlowMatch Euler with shift 3). For each:
 - denoiser work: the low calls' elements relative to the high calls' (the FLOP-proportional cost);
 - wall time: guided and plain runs interleaved in one process, medians over ``--repeats``;
 
-all set against the ideal extra cost eta/k of the model's cost (ug-math §9). Run from the
+all set against the ideal extra cost eta/k of the model's cost (docs/maths.md §9). Run from the
 repository root::
 
     python benchmarks/diffusers_cost.py            # prints a markdown report

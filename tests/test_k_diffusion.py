@@ -143,7 +143,7 @@ class Counting:
         return [c for c in self.calls if c[1] != high]
 
 
-# --- the hand-written reference (ug-math §6), independent of the core ----------------------------
+# --- the hand-written reference (docs/maths.md §6), independent of the core ---------------------
 
 
 def block_mean(x: torch.Tensor, fh: int, fw: int) -> torch.Tensor:

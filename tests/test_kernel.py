@@ -208,7 +208,7 @@ def x0_model(x, t, schedule):
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 @pytest.mark.parametrize("factors", [(2, 2), (2, 3), (3, 3)])
 def test_the_four_forms_are_one_guidance(name, prediction, factors):
-    """Each form, converted to x0, equals x0̂ + w·U[x0_low − D[x0̂]] (ug-math §5)."""
+    """Each form, converted to x0, equals x0̂ + w·U[x0_low − D[x0̂]] (docs/maths.md §5)."""
     schedule, times = SCHEDULES[name]
 
     def model(x, t):

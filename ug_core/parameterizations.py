@@ -7,9 +7,9 @@ A noisy sample is ``x = a·x0 + s·ε`` (see :mod:`ug_core.schedules`). The four
 - ``"v_prediction"``: ``a·ε − s·x0`` (Salimans & Ho; diffusers' ``v_prediction``);
 - ``"flow"``: the rectified-flow velocity ``ε − x0``.
 
-Each is linear in ``(x, x0)``. Upsample guidance is one object in all of them (ug-math §5): convert
-both predictions to x0, set ``x0' = x0̂ + w·U[x0_low − D[x0̂]]``, convert back. Written in the
-prediction's own terms this is always
+Each is linear in ``(x, x0)``. Upsample guidance is one object in all of them (docs/maths.md
+§5): convert both predictions to x0, set ``x0' = x0̂ + w·U[x0_low − D[x0̂]]``, convert back.
+Written in the prediction's own terms this is always
 
 ``p' = p + w·U[r·p_low − D[p] + q·D[x]]``
 

@@ -1,7 +1,7 @@
 """Noise schedules: what a model's time means, and the time and power matching of upsample guidance.
 
 Every schedule writes a noisy sample as ``x_t = a(t)·x0 + s(t)·ε`` and answers, for ``k`` averaged
-elements, two questions (ug-math §1-3, §6, §7):
+elements, two questions (docs/maths.md §1–§3, §6, §7):
 
 - the matched time ``τ`` with ``SNR(τ) = k·SNR(t)``, where ``SNR = a²/s²``;
 - the input scale ``c`` that makes ``c·D[x_t]`` a valid sample at ``τ``: its signal coefficient is
