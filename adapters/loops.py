@@ -51,62 +51,6 @@ def _initial_noise(
     return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
 
 
-def _sample(
-    model: Callable[..., torch.Tensor],
-    schedule: DiscreteSchedule,
-    steps: int,
-    generator: torch.Generator | None,
-    guidance: UpsampleGuidance | None,
-    *,
-    ddim_eta: float,
-    shape: Sequence[int] | None,
-    noise: torch.Tensor | None,
-    prediction: str | None,
-    extra_args: dict[str, Any] | None,
-    clip_sample: float | None,
-    progress: bool,
-    dtype: torch.dtype,
-    device: torch.device | str | None,
-    desc: str,
-) -> torch.Tensor:
-    """The generalised DDIM loop (``ddim_eta`` 0: DDIM, 1: DDPM ancestral on the strided steps)."""
-    if not isinstance(schedule, DiscreteSchedule):
-        raise TypeError(f"schedule must be a DiscreteSchedule, got {type(schedule).__name__}")
-    if guidance is not None and not isinstance(guidance, UpsampleGuidance):
-        raise TypeError(f"guidance must be an UpsampleGuidance, got {type(guidance).__name__}")
-    if guidance is not None:
-        if prediction is not None and normalize_prediction(prediction) != guidance.prediction:
-            raise ValueError(
-                f"prediction={prediction!r} differs from the guidance's {guidance.prediction!r}"
-            )
-        prediction = guidance.prediction
-    prediction = normalize_prediction(prediction or "epsilon")
-    extra_args = extra_args or {}
-    x = _initial_noise(shape, noise, generator, dtype, device)
-    ts = loop_timesteps(schedule, steps)
-    if guidance is not None:
-        guidance.precompute(ts)  # the loop's times are known on the host: nothing is read back
-    ac = schedule.alphas_cumprod
-    for i, t in enumerate(tqdm(ts.tolist(), desc=desc, disable=not progress)):
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        if guidance is None:
-            pred = model(x, t_batch, **extra_args)
-        else:
-            pred = guidance(model, x, t_batch, host_time=t, **extra_args)
-        a_t, s_t = ac[t].sqrt().item(), (1 - ac[t]).sqrt().item()
-        ac_prev = ac[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
-        x0 = prediction_to_x0(pred, x, a_t, s_t, prediction)
-        if clip_sample is not None:
-            x0 = x0.clamp(-clip_sample, clip_sample)
-        eps = x0_to_prediction(x0, x, a_t, s_t, "epsilon")
-        var = ddim_eta**2 * (1 - ac_prev) / (1 - ac[t].item()) * (1 - ac[t].item() / ac_prev)
-        x = ac_prev**0.5 * x0 + max(1 - ac_prev - var, 0.0) ** 0.5 * eps
-        if var > 0:
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            x = x + var**0.5 * z
-    return x
-
-
 def sample_ddim(
     model: Callable[..., torch.Tensor],
     schedule: DiscreteSchedule,
@@ -132,11 +76,42 @@ def sample_ddim(
     ``"epsilon"``. Pass ``shape`` to draw x_T from ``generator``, or ``noise`` to give x_T.
     ``extra_args`` reach every model call (both branches).
     """
-    return _sample(
-        model, schedule, steps, generator, guidance, ddim_eta=ddim_eta, shape=shape, noise=noise,
-        prediction=prediction, extra_args=extra_args, clip_sample=clip_sample,
-        progress=progress, dtype=dtype, device=device, desc="DDIM",
-    )  # fmt: skip
+    if not isinstance(schedule, DiscreteSchedule):
+        raise TypeError(f"schedule must be a DiscreteSchedule, got {type(schedule).__name__}")
+    if guidance is not None and not isinstance(guidance, UpsampleGuidance):
+        raise TypeError(f"guidance must be an UpsampleGuidance, got {type(guidance).__name__}")
+    if guidance is not None:
+        if prediction is not None and normalize_prediction(prediction) != guidance.prediction:
+            raise ValueError(
+                f"prediction={prediction!r} differs from the guidance's {guidance.prediction!r}"
+            )
+        prediction = guidance.prediction
+    prediction = normalize_prediction(prediction or "epsilon")
+    extra_args = extra_args or {}
+    x = _initial_noise(shape, noise, generator, dtype, device)
+    ts = loop_timesteps(schedule, steps)
+    if guidance is not None:
+        guidance.precompute(ts)  # the loop's times are known on the host: nothing is read back
+    ac = schedule.alphas_cumprod
+    desc = "DDPM" if ddim_eta == 1.0 else "DDIM"
+    for i, t in enumerate(tqdm(ts.tolist(), desc=desc, disable=not progress)):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        if guidance is None:
+            pred = model(x, t_batch, **extra_args)
+        else:
+            pred = guidance(model, x, t_batch, host_time=t, **extra_args)
+        a_t, s_t = ac[t].sqrt().item(), (1 - ac[t]).sqrt().item()
+        ac_prev = ac[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
+        x0 = prediction_to_x0(pred, x, a_t, s_t, prediction)
+        if clip_sample is not None:
+            x0 = x0.clamp(-clip_sample, clip_sample)
+        eps = x0_to_prediction(x0, x, a_t, s_t, "epsilon")
+        var = ddim_eta**2 * (1 - ac_prev) / (1 - ac[t].item()) * (1 - ac[t].item() / ac_prev)
+        x = ac_prev**0.5 * x0 + max(1 - ac_prev - var, 0.0) ** 0.5 * eps
+        if var > 0:
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x = x + var**0.5 * z
+    return x
 
 
 def sample_ddpm(
@@ -145,23 +120,11 @@ def sample_ddpm(
     steps: int = 1000,
     generator: torch.Generator | None = None,
     guidance: UpsampleGuidance | None = None,
-    *,
-    shape: Sequence[int] | None = None,
-    noise: torch.Tensor | None = None,
-    prediction: str | None = None,
-    extra_args: dict[str, Any] | None = None,
-    clip_sample: float | None = None,
-    progress: bool = True,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """DDPM ancestral sampling: each step draws x_prev from the posterior q(x_prev | x_t, x0̂).
 
-    With fewer steps than the schedule has, the posterior is that of the strided chain
-    (:func:`sample_ddim` with ``ddim_eta=1``). Other arguments as in :func:`sample_ddim`.
+    With fewer steps than the schedule has, the posterior is that of the strided chain: this is
+    :func:`sample_ddim` with ``ddim_eta=1``, and takes its other keyword arguments.
     """
-    return _sample(
-        model, schedule, steps, generator, guidance, ddim_eta=1.0, shape=shape, noise=noise,
-        prediction=prediction, extra_args=extra_args, clip_sample=clip_sample,
-        progress=progress, dtype=dtype, device=device, desc="DDPM",
-    )  # fmt: skip
+    return sample_ddim(model, schedule, steps, generator, guidance, ddim_eta=1.0, **options)

@@ -348,7 +348,19 @@ class UpsampleGuidance:
 
     # ------------------------------------------------------------------ the calls
     def __call__(
+        self, model: Callable[..., torch.Tensor], x: torch.Tensor, t: Any, /, *args: Any, **kw: Any
+    ) -> torch.Tensor:
+        """One guided prediction: ``model(x, t, *args, **kwargs)`` plus the guidance term.
+
+        ``low_res_inputs`` and ``host_time`` as in :meth:`apply`. With ``branch_parallel``, the
+        high process makes the high call and the low process the low call; both return the
+        guided prediction.
+        """
+        return self.apply(None, model, x, t, *args, **kw)
+
+    def apply(
         self,
+        pred: torch.Tensor | None,
         model: Callable[..., torch.Tensor],
         x: torch.Tensor,
         t: Any,
@@ -358,48 +370,29 @@ class UpsampleGuidance:
         host_time: Any = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """One guided prediction: ``model(x, t, *args, **kwargs)`` plus the guidance term.
+        """Guide ``pred = model(x, t, *args, **kwargs)``, a prediction the caller already has.
 
-        With ``branch_parallel``, the high process makes the high call and the low process the
-        low call; both return the guided prediction.
+        ``model`` is then called only for the low-resolution branch: once for the whole batch,
+        and not at all where w == 0 is known on the host (the plain ``pred`` is returned). With
+        ``pred=None`` the high call is made too (that is :meth:`__call__`). ``host_time`` is the
+        value of ``t`` as the host knows it (a number, one per batch element, or a time map),
+        given by adapters that know the sampler's times, so that ``t`` itself is never read.
+        ``low_res_inputs(args, kwargs, factors)`` adapts the other inputs for the low call. The
+        same as :meth:`prepare`, :meth:`low_call` and :meth:`finish`.
         """
-        prepared = self.prepare(x, t, host_time=host_time)
-        pred = self.exchange.high_call(lambda: model(x, t, *args, **kwargs))
-        if pred is not None:
+        given = pred is not None
+        if given:
             _check_prediction(pred)
+        prepared = self.prepare(x, t, host_time=host_time)
+        if not given:
+            pred = self.exchange.high_call(lambda: model(x, t, *args, **kwargs))
+            if pred is not None:
+                _check_prediction(pred)
         if prepared is not None:
             pred_low = self.low_call(prepared, model, args, kwargs, low_res_inputs)
             if pred is not None:
                 pred = self.finish(prepared, pred, pred_low)
-        return self.exchange.share(pred, x.device)
-
-    def apply(
-        self,
-        pred: torch.Tensor,
-        model: Callable[..., torch.Tensor],
-        x: torch.Tensor,
-        t: Any,
-        /,
-        *args: Any,
-        low_res_inputs: LowResInputs | None = None,
-        host_time: Any = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """Guide a prediction the caller already has: ``pred = model(x, t, *args, **kwargs)``.
-
-        ``model`` is then called only for the low-resolution branch: once for the whole batch,
-        and not at all where w == 0 is known on the host (the plain ``pred`` is returned).
-        ``host_time`` is the value of ``t`` as the host knows it (a number, one per batch
-        element, or a time map), given by adapters that know the sampler's times, so that ``t``
-        itself is never read. ``low_res_inputs(args, kwargs, factors)`` adapts the other inputs
-        for the low call. The same as :meth:`prepare`, :meth:`low_call` and :meth:`finish`.
-        """
-        _check_prediction(pred)
-        prepared = self.prepare(x, t, host_time=host_time)
-        if prepared is None:
-            return pred
-        pred_low = self.low_call(prepared, model, args, kwargs, low_res_inputs)
-        return self.finish(prepared, pred, pred_low)
+        return pred if given else self.exchange.share(pred, x.device)
 
     def prepare(self, x: torch.Tensor, t: Any, *, host_time: Any = None) -> Prepared | None:
         """What a guided call needs before the model runs, or None where w == 0 (host-known).
