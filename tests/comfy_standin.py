@@ -10,8 +10,8 @@ sources have them (read with the search tools; commits are those of the copies r
 - ``comfy/model_patcher.py`` (comfyanonymous/ComfyUI @ 000a21a0c1b6): ``ModelPatcher.clone``
   (``model_options`` deep-copied, wrapper lists copied, the same ``model``),
   ``add_wrapper_with_key``, ``remove_wrappers_with_key``, ``set_model_unet_function_wrapper``
-  (``model_options["model_function_wrapper"]``), ``add_object_patch``, ``get_model_object``.
-  :class:`LegacyModelPatcher` is a ComfyUI from before composable wrappers.
+  (``model_options["model_function_wrapper"]``, which the reference runs use),
+  ``add_object_patch``, ``get_model_object``.
 - ``comfy/sampler_helpers.py`` ``prepare_model_patcher``: the patcher's wrappers are copied into
   ``model_options["transformer_options"]["wrappers"]`` before sampling.
 - ``comfy/samplers.py`` (Comfy-Org/ComfyUI @ e0d4ea77a9f6): ``sampling_function`` (at cfg 1 the
@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -418,6 +419,10 @@ class TinyDiffusionModel(nn.Module):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
         self.calls: list[dict] = []
 
+    @property
+    def dtype(self):
+        return self.conv_in.weight.dtype
+
     def _bias(self, h, vec):
         return h + vec.reshape(vec.shape + (1,) * (h.ndim - 2))
 
@@ -462,15 +467,41 @@ class TinyDiffusionModel(nn.Module):
         return self.conv_out(u)
 
 
+# --- comfy/latent_formats.py ---------------------------------------------------------------------
+
+
+class LatentFormat:
+    """The node reads only the class name (pixels per latent element: 8, Wan22's 16, ...)."""
+
+    latent_channels = 4
+
+
+class SD15(LatentFormat):
+    pass
+
+
+class Wan21(LatentFormat):
+    latent_channels = 16
+
+
+class Wan22(Wan21):
+    latent_channels = 48
+
+
 # --- comfy/model_base.py -------------------------------------------------------------------------
 
 
 class BaseModel(nn.Module):
-    def __init__(self, diffusion_model, model_type="EPS", **sampling_settings):
+    def __init__(self, diffusion_model, model_type="EPS", latent_format=None, **sampling_settings):
         super().__init__()
         self.diffusion_model = diffusion_model
         self.model_type = model_type
         self.model_sampling = model_sampling(model_type, **sampling_settings)
+        self.latent_format = SD15() if latent_format is None else latent_format
+        self.manual_cast_dtype = None
+
+    def process_timestep(self, timestep, **kwargs):
+        return timestep
 
     def get_dtype(self):
         return next(self.diffusion_model.parameters()).dtype
@@ -516,7 +547,7 @@ class BaseModel(nn.Module):
             if hasattr(extra, "dtype") and extra.dtype not in (torch.int, torch.long):
                 extra = extra.to(dtype)
             extra_conds[o] = extra
-        transformer_options = transformer_options.copy()
+        t = self.process_timestep(t, x=x, **extra_conds)
         model_output = self.diffusion_model(
             xc,
             t,
@@ -534,6 +565,7 @@ class SDXL(BaseModel):
     def __init__(self, diffusion_model, model_type="EPS", **sampling_settings):
         super().__init__(diffusion_model, model_type, **sampling_settings)
         self.embedder = Timestep(256)
+        self.noise_augmentor = None
 
     def encode_adm(
         self,
@@ -561,6 +593,7 @@ class SDXLRefiner(BaseModel):
     def __init__(self, diffusion_model, model_type="EPS", **sampling_settings):
         super().__init__(diffusion_model, model_type, **sampling_settings)
         self.embedder = Timestep(256)
+        self.noise_augmentor = None
 
     def encode_adm(
         self, pooled_output, width=768, height=768, crop_w=0, crop_h=0, aesthetic_score=6.0
@@ -617,22 +650,6 @@ class ModelPatcher:
         for w in self.wrappers.get(wrapper_type, {}).values():
             w_list.extend(w)
         return w_list
-
-
-class LegacyModelPatcher:
-    """A ModelPatcher of a ComfyUI from before composable wrappers (no ``add_wrapper_with_key``)."""
-
-    def __init__(self, model):
-        self.model = model
-        self.model_options = {"transformer_options": {}}
-
-    def clone(self):
-        n = LegacyModelPatcher(self.model)
-        n.model_options = copy.deepcopy(self.model_options)
-        return n
-
-    def set_model_unet_function_wrapper(self, unet_wrapper_function):
-        self.model_options["model_function_wrapper"] = unet_wrapper_function
 
 
 # --- comfy/controlnet.py -------------------------------------------------------------------------
@@ -745,3 +762,103 @@ def sample_euler(patcher, noise, sigmas, positive, negative, cfg, latent_image=N
         d = (x - denoised) / sigmas[i]
         x = x + d * (sigmas[i + 1] - sigmas[i])
     return ms.inverse_noise_scaling(sigmas[-1], x)
+
+
+# --- the real engine, where COMFYUI_PATH names a ComfyUI checkout --------------------------------
+
+
+def use_real_comfyui(path: str) -> None:
+    """Put ComfyUI's own code in place of the stand-in's wherever ComfyUI has it.
+
+    Replaced: ``comfy.patcher_extension`` (wrappers and their executor), ``comfy.model_sampling``
+    (EPS, V_PREDICTION, EDM, X0, CONST and the four sampling classes), ``BaseModel``'s
+    ``apply_model``/``_apply_model``, ``SDXL``/``SDXLRefiner``'s ``encode_adm`` and ``Timestep``
+    embedder, ``ModelPatcher``, ``openaimodel.apply_control`` and the latent formats. Kept: the tiny
+    diffusion model, the ControlNet stand-in and the simplified sampler above (the real samplers
+    run in the real-engine tests of tests/test_comfyui.py).
+    """
+    import sys
+    import types
+
+    sys.path.insert(0, path)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
+    import comfy.latent_formats as lf
+    import comfy.model_base as mb
+    import comfy.model_patcher as mp
+    import comfy.model_sampling as ms
+    import comfy.patcher_extension as pe
+    from comfy.ldm.modules.diffusionmodules import openaimodel
+
+    names = globals()
+    for name in ("WrappersMP", "WrapperExecutor", "add_wrapper_with_key", "get_all_wrappers"):
+        names[name] = getattr(pe, name)
+    names["copy_nested_dicts"] = pe.copy_nested_dicts
+    sampling = (
+        "EPS",
+        "V_PREDICTION",
+        "EDM",
+        "X0",
+        "CONST",
+        "ModelSamplingDiscrete",
+        "ModelSamplingContinuousEDM",
+        "ModelSamplingDiscreteFlow",
+        "ModelSamplingFlux",
+    )
+    for name in sampling:
+        names[name] = getattr(ms, name)
+    names["MODEL_TYPES"] = {
+        "EPS": (ms.ModelSamplingDiscrete, ms.EPS),
+        "V_PREDICTION": (ms.ModelSamplingDiscrete, ms.V_PREDICTION),
+        "V_PREDICTION_EDM": (ms.ModelSamplingContinuousEDM, ms.V_PREDICTION),
+        "EDM": (ms.ModelSamplingContinuousEDM, ms.EDM),
+        "X0": (ms.ModelSamplingDiscrete, ms.X0),
+        "FLOW": (ms.ModelSamplingDiscreteFlow, ms.CONST),
+        "FLUX": (ms.ModelSamplingFlux, ms.CONST),
+    }
+
+    def real_model_sampling(model_type: str, **settings):
+        s, c = names["MODEL_TYPES"][model_type]
+
+        class ModelSampling(s, c):
+            pass
+
+        return ModelSampling(types.SimpleNamespace(sampling_settings=settings))
+
+    names["model_sampling"] = real_model_sampling
+    names["apply_control"] = openaimodel.apply_control
+    names["Timestep"] = openaimodel.Timestep
+    for name in ("SD15", "Wan21", "Wan22"):
+        names[name] = getattr(lf, name)
+
+    def on_real(real_cls):
+        class Model(real_cls):
+            def __init__(self, diffusion_model, model_type="EPS", latent_format=None, **settings):
+                nn.Module.__init__(self)
+                self.diffusion_model = diffusion_model
+                self.model_type = model_type
+                self.model_sampling = real_model_sampling(model_type, **settings)
+                self.latent_format = lf.SD15() if latent_format is None else latent_format
+                self.manual_cast_dtype = None
+                if real_cls is not mb.BaseModel:
+                    self.embedder = openaimodel.Timestep(256)
+                    self.noise_augmentor = None
+
+            def encode_adm(self, pooled_output, **sizes):
+                return real_cls.encode_adm(self, pooled_output=pooled_output, **sizes)
+
+        Model.__name__ = Model.__qualname__ = real_cls.__name__
+        return Model
+
+    for name in ("BaseModel", "SDXL", "SDXLRefiner"):
+        names[name] = on_real(getattr(mb, name))
+    cpu = torch.device("cpu")
+    names["ModelPatcher"] = lambda model: mp.ModelPatcher(model, cpu, cpu)
+
+
+#: The ComfyUI the real-engine tests ran against, and where: ``COMFYUI_PATH`` (unset: stand-in).
+TESTED_COMFYUI = "Comfy-Org/ComfyUI a125cd84b054a57729b5eecab930ca9408719832 (0.3.64)"
+REAL = bool(os.environ.get("COMFYUI_PATH"))
+if REAL:
+    use_real_comfyui(os.environ["COMFYUI_PATH"])
