@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ug_core.cli import _SHIPPED, main, parse_factors, parse_size, parse_video_factors
+from ug_core.cli import _SHIPPED, main, parse_factors, parse_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diffusers_models import (  # noqa: E402
@@ -88,12 +89,26 @@ def test_parse_factors_and_size():
     assert parse_factors("3") == (3, 3)
     assert parse_factors("2x3") == (2, 3) == parse_factors("2,3")
     assert parse_factors("1x2") == (1, 2)
-    for bad in ("0", "x", "2x3x4", "1", "1x1", "-2", "2.5", "0x2"):
-        with pytest.raises(ValueError, match=r"--factor .*integer >= 2 .*not both 1"):
+    three_halves = (Fraction(3, 2), Fraction(3, 2))
+    assert parse_factors("1.5") == parse_factors("3/2") == parse_factors("3/2x3/2") == three_halves
+    assert parse_factors("1.25") == parse_factors("5/4") == (Fraction(5, 4),) * 2
+    assert parse_factors("2x1x1") == (2, 1, 1) == parse_factors("2,1,1")  # frames, height, width
+    assert parse_factors("1x3/2x3/2") == (1, *three_halves)
+    assert all(type(f) is int for f in parse_factors("2x3"))  # integers stay ints
+    for bad in ("0", "x", "-2", "0x2", "abc", "2x2x2x2", "nan", "inf", "0.5"):
+        with pytest.raises(ValueError, match=r"--factor.* a number >= 1: an integer, or a ratio"):
             parse_factors(bad)
+    for bad in ("1", "1x1", "1x1x1", "1.0"):
+        with pytest.raises(ValueError, match=r"--factor .* does not upsample"):
+            parse_factors(bad)
+    with pytest.raises(ValueError, match=r"--factor .*1\.3.* nearest such ratio is 9/7"):
+        parse_factors("1.3")
+    with pytest.raises(ValueError, match=r"--factor .*denominator 9 exceeds 8; .* ratio is 15/8"):
+        parse_factors("17/9")
     assert parse_size("64") == (64, 64) and parse_size("64x96") == (64, 96)
-    with pytest.raises(ValueError, match="--size"):
-        parse_size("0")
+    for bad in ("0", "64x", "1.5", "64x64x64"):
+        with pytest.raises(ValueError, match="--size must be a positive integer or HxW"):
+            parse_size(bad)
 
 
 def test_default_sample(tmp_path, capsys):
@@ -107,6 +122,7 @@ def test_default_sample(tmp_path, capsys):
     assert result["size"] == [64, 64] and result["factor"] == [2, 2] and result["cfg"] == 2.0
     assert set(result["metrics"]) == {"naive", "UG", "bicubic", "ground truth"}
     assert "one object" in stdout and "UG" in stdout and "Traceback" not in err
+    assert "(factor 2x2), 1 seed from 0," in stdout  # one seed: singular
 
 
 def test_default_out_folder(tmp_path, capsys, monkeypatch):
@@ -204,9 +220,21 @@ def test_pipeline_with_prompt(tmp_path, folders, capsys):
 
 
 ERRORS = [
-    (["--bogus"], 2, "unrecognized arguments"),
+    (["--bogus"], 2, "ug sample: error: unrecognized arguments: --bogus"),
     (["--factor", "0"], 2, "--factor"),
     (["--factor", "abc"], 2, "--factor"),
+    (["--factor", "1.3"], 2, "the nearest such ratio is 9/7"),
+    (["--factor", "1.5", "--size", "50"], 2, "(50 % 3 = 2: use 48 or 51)"),
+    (["--factor", "5/3"], 2, "--factor 5/3x5/3 takes the trained size 32x32 to 160/3x160/3 pixels"),
+    (["--model", "latent-flow", "--factor", "1.5"], 2, "does not take fractional factors yet"),
+    (
+        ["--model", "video", "--factor", "1x3/2x3/2"],
+        2,
+        "--model video samples through the diffusers",
+    ),
+    (["--pipeline", "{root}/sd", "--prompt", "x", "--factor", "5/4"], 2, "--pipeline samples"),
+    (["--device", "cuda:99"], 2, "--device cuda:99: this machine has"),
+    (["--device", "foo"], 2, "--device 'foo' is not a torch device (e.g. cpu, cuda, cuda:1, mps)"),
     (["--scale", "nan"], 2, "--scale"),
     (["--eta", "1.5"], 2, "--eta"),
     (["--steps", "0"], 2, "--steps"),
@@ -236,7 +264,11 @@ ERRORS = [
     (["--model", "shapes", "--factor", "2x1x1"], 2, "apply to --model video only"),
     (["--model", "video", "--size", "64"], 2, "--size does not apply to --model video"),
     (["--model", "video", "--factor", "1x1x1"], 2, "does not upsample"),
-    (["--model", "video", "--factor", "2x2x2x2"], 2, "F or HxW (image models) or FxHxW"),
+    (
+        ["--model", "video", "--factor", "2x2x2x2"],
+        2,
+        "--factor must be F (both sides), HxW or FxHxW",
+    ),
     (["--model", "video", "--class", "hexagon"], 2, "not a class"),
     (["--model", "latent-flow", "--size", "36"], 2, "--size 36x36"),
     (["--model", "latent-flow", "--prompt", "x"], 2, "takes --class"),
@@ -249,7 +281,13 @@ ERRORS = [
     (["--model", "texturd"], 2, "not a shipped model (shapes, textured, latent-flow, video)"),
     (["--out", "{root}/a_file"], 2, "not a folder"),
     (["--out", "{root}/a_file/sub"], 2, "a_file' is a file, not a folder"),
-    (["--out", "/proc/ug-out"], 2, "--out '/proc/ug-out' is not writable"),
+    (
+        ["--out", "/proc/ug-out"],
+        2,
+        "--out '/proc/ug-out' is not writable: cannot make a folder in '/proc' (its file system "
+        "does not allow new folders)",  # not "No such file or directory"
+    ),
+    (["--pipeline", "{root}/sd", "--prompt", "x", "--class", "disc"], 2, "not to --pipeline"),
 ]
 
 
@@ -261,6 +299,7 @@ def test_errors(args, code, message, folders, tmp_path, capsys):
     rc, stdout, err = _run(argv, capsys)
     assert rc == code
     assert message in err
+    assert err.startswith("ug sample: error: ") and err.count("\n") == 1  # one line, no usage
     assert "Traceback" not in err + stdout
     assert not (tmp_path / "never").exists()  # nothing written on a failed run
 
@@ -299,11 +338,14 @@ sys.exit(rc)
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["sample", "--factor", "0"], "--factor must be an integer >= 2"),
-        (["sample", "--bogus"], "unrecognized arguments"),
+        (["sample", "--factor", "0"], "a number >= 1: an integer, or a ratio p/q"),
+        (["sample", "--bogus"], "unrecognized arguments: --bogus"),
         (["sample", "--eta", "2"], "--eta must be a number in [0.0, 1.0]"),
         (["sample", "--out", "{tmp}/a_file/out"], "is a file, not a folder"),
         (["sample", "--out", "/proc/ug-out"], "is not writable"),
+        (["sample", "--factor", "1.5", "--size", "50"], "(50 % 3 = 2: use 48 or 51)"),
+        (["sample", "--model", "video", "--factor", "1.5"], "not take fractional factors yet"),
+        (["sample", "--pipeline", "p"], "--pipeline needs --prompt TEXT"),
     ],
 )
 def test_bad_arguments_and_out_fail_before_torch_is_imported(argv, message, tmp_path):
@@ -316,7 +358,8 @@ def test_bad_arguments_and_out_fail_before_torch_is_imported(argv, message, tmp_
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
-    assert len(proc.stderr.strip().splitlines()[-1]) > 0 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()  # one line: no usage, no traceback
+    assert line.startswith("ug sample: error: ")  # the command's error, not the top-level one
     assert proc.stdout.strip().splitlines()[-1] == "torch not imported"
 
 
@@ -334,21 +377,17 @@ def test_comfyui_install(tmp_path, capsys):
 
     comfy = tmp_path / "ComfyUI"
     (comfy / "custom_nodes").mkdir(parents=True)
+    (comfy / "main.py").write_text("")  # what marks ComfyUI's folder
     assert main(["comfyui-install", str(comfy)]) == 0
     node = comfy / "custom_nodes" / "upsample_guidance.py"
     assert "from ug_core.adapters.comfyui import NODE_CLASS_MAPPINGS" in node.read_text()
     assert str(node) in capsys.readouterr().out
     assert main(["comfyui-install", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
-    assert "is not a directory" in err and err.count("\n") == 2  # usage line + one message
-
-
-def test_parse_video_factors():
-    assert parse_video_factors("2x1x1") == (2, 1, 1) == parse_video_factors("2,1,1")
-    assert parse_video_factors("1x2x3") == (1, 2, 3)
-    for bad in ("2", "2x2", "1x1x1", "0x2x2", "2x2x2x2", "ax1x1"):
-        with pytest.raises(ValueError, match=r"--factor .*FxHxW"):
-            parse_video_factors(bad)
+    assert "is not a directory" in err and err.count("\n") == 1  # one line
+    assert err.startswith("ug comfyui-install: error: ")
+    assert main(["comfyui-install", str(tmp_path)]) == 2  # neither ComfyUI nor custom_nodes/
+    assert capsys.readouterr().err.startswith("ug comfyui-install: error: ")
 
 
 def test_shipped_names_match_the_registry():
@@ -394,19 +433,35 @@ def test_shipped_latent_flow(tmp_path, capsys):
     [(None, "interp", (16 * 32, 32)), ("2", "bicubic", (8 * 64, 64))],
 )
 def test_shipped_video(factor, baseline, strip, tmp_path, capsys):
+    """One labelled grid as for images: a row per seed; naive, UG, baseline; each cell a strip."""
     out = tmp_path / "video"
-    argv = ["sample", *FAST, "--model", "video", "--out", str(out)]
+    argv = ["sample", *FAST, "--n", "2", "--model", "video", "--out", str(out)]
     argv += [] if factor is None else ["--factor", factor]
     rc, stdout, err = _run(argv, capsys)
     assert rc == 0, err
-    for method in ("naive", "ug", baseline):
+    methods = ("naive", "ug", baseline)
+    for method in methods:
         assert Image.open(out / f"{method}-seed0.png").size == strip  # frames left to right
         gif = Image.open(out / f"{method}-seed0.gif")
         assert gif.n_frames == strip[0] // strip[1]
     result = json.loads((out / "metrics.json").read_text())
-    assert set(result["metrics"]) == {"naive", "ug", baseline}
-    assert result["baseline"] == baseline
-    assert f"naive, ug, {baseline}" in stdout
+    assert set(result["metrics"]) == {"naive", "UG", baseline}
+    assert result["baseline"] == baseline and result["seeds"] == [0, 1]
+    assert f"(naive, UG, {baseline}), grid.png and metrics.json" in stdout
+    grid = Image.open(out / "grid.png").convert("RGB")
+    th = (grid.height - 18 - 18) // 2 - 4  # two rows of 4 px apart, under the column titles
+    zoom = th // strip[1]
+    tw = strip[0] * zoom
+    label_w = grid.width - 3 * (tw + 4) - 4
+    assert zoom >= 1 and label_w >= 6 * len("square")  # seed 1 is a square
+    for c, method in enumerate(methods):
+        for r, seed in enumerate((0, 1)):
+            x0, y0 = label_w + 4 + c * (tw + 4), 22 + r * (th + 4)
+            cell = grid.crop((x0, y0, x0 + tw, y0 + th))
+            want = Image.open(out / f"{method}-seed{seed}.png").convert("RGB")
+            assert cell.tobytes() == want.resize((tw, th), Image.NEAREST).tobytes(), (method, r)
+            label = np.asarray(grid.convert("L").crop((0, y0, label_w, y0 + th)))
+            assert (label < 128).any(), r  # the row's label: its seed and class
 
 
 def test_shipped_video_null_class(tmp_path, capsys):
@@ -417,3 +472,132 @@ def test_shipped_video_null_class(tmp_path, capsys):
     result = json.loads((out / "metrics.json").read_text())
     assert result["classes"] == ["none (null class)"]
     assert "class_match" not in result["metrics"]["naive"]  # no class was requested
+
+
+@pytest.mark.parametrize(
+    ("factor", "side", "spelled"), [("1.5", 48, "3/2x3/2"), ("1.25", 40, "5/4")]
+)
+def test_fractional_factor(factor, side, spelled, tmp_path, capsys):
+    """--factor 1.5: 48x48 from the 32x32 model (1.25: 40x40); any spelling, the same files."""
+    rc, stdout, err = _run(["sample", *FAST, "--factor", factor, "--out", str(tmp_path / "a")],
+                           capsys)  # fmt: skip
+    assert rc == 0, err
+    ratio = str(Fraction(factor))
+    assert f"sampling {side}x{side} (factor {ratio}x{ratio})" in stdout
+    for method in ("naive", "ug", "bicubic"):
+        assert Image.open(tmp_path / "a" / f"{method}-seed0.png").size == (side, side)
+    result = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert result["factor"] == [ratio, ratio] and result["size"] == [side, side]
+    assert result["trained_size"] == [32, 32] and set(result["metrics"]) >= {"UG", "bicubic"}
+    ug, naive = (tmp_path / "a" / "ug-seed0.png").read_bytes(), tmp_path / "a" / "naive-seed0.png"
+    assert ug != naive.read_bytes()  # guided
+    rc, _, err = _run(["sample", *FAST, "--factor", spelled, "--out", str(tmp_path / "b")], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "b" / "ug-seed0.png").read_bytes() == ug
+
+
+def test_fractional_factor_with_a_size(tmp_path, capsys):
+    """--size 72 --factor 3/2 guides towards a 48x48 sample: 72 = 3 · 24 maps to 2 · 24."""
+    argv = ["sample", *FAST, "--factor", "3/2", "--size", "72x60", "--out", str(tmp_path / "o")]
+    rc, stdout, err = _run(argv, capsys)
+    assert rc == 0, err
+    assert Image.open(tmp_path / "o" / "ug-seed0.png").size == (60, 72)  # (width, height)
+    assert "sampling 72x60 (factor 3/2x3/2)" in stdout
+
+
+@pytest.mark.parametrize("factors", [(2, 2), (3, 3), (Fraction(3, 2),) * 2, (Fraction(5, 4),) * 2,
+                                     (Fraction(4, 3), Fraction(3, 2))])  # fmt: skip
+def test_the_bicubic_baselines_noise_is_white_with_unit_variance(factors):
+    """√k·W[D[ε]]: its covariance L·Lᵀ is the identity exactly, also where D[ε]'s is not."""
+    from ug_core.demo.model import low_res_noise
+    from ug_core.operators import downsample
+
+    h, w = (2 * Fraction(f).numerator for f in factors)
+    basis = torch.eye(h * w, dtype=torch.float64).reshape(h * w, 1, h, w)
+    rows = low_res_noise(basis, factors).reshape(h * w, -1).T  # the linear map L, low × high
+    torch.testing.assert_close(rows @ rows.T, torch.eye(len(rows), dtype=torch.float64))
+    x = torch.randn(2, 3, h, w)
+    if all(isinstance(f, int) for f in factors):  # integers: √k·D[ε], as before, bit for bit
+        assert torch.equal(low_res_noise(x, factors), downsample(x, factors) * factors[0])
+    else:  # D[ε] alone is correlated (or uneven) for a ratio: the whitening matters
+        plain = downsample(basis, factors).reshape(h * w, -1).T
+        k = float(Fraction(factors[0]) * Fraction(factors[1]))
+        assert not torch.allclose(k * plain @ plain.T, torch.eye(len(plain), dtype=torch.float64))
+
+
+LOADERS = [
+    "ug_core.demo.model.load",
+    "ug_core.demo.latent.load_pipeline",
+    "ug_core.demo.video.load",
+]
+
+
+@pytest.mark.parametrize("model", ["shapes", "textured", "latent-flow", "video"])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--class", "foo"], "--class 'foo' is not a class of this model; choose one of disc,"),
+        (["--device", "cuda:99"], "--device cuda:99: this machine has"),
+    ],
+)
+def test_class_and_device_fail_before_the_model_is_loaded(
+    model, option, message, tmp_path, capsys, monkeypatch
+):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    for loader in LOADERS:
+        monkeypatch.setattr(loader, never)
+    argv = ["sample", *FAST, "--model", model, *option, "--out", str(tmp_path / "o")]
+    rc, _, err = _run(argv, capsys)
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_device_cuda_without_a_gpu_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("ug_core.demo.model.load", None)  # never reached
+    rc, _, err = _run(["sample", *FAST, "--device", "cuda", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2
+    assert err == "ug sample: error: --device cuda: this machine has no cuda device; use cpu\n"
+
+
+def test_progress_bars_are_labelled_as_the_table(tmp_path, capsys):
+    argv = ["sample", "--n", "1", "--steps", "2", "--out", str(tmp_path / "o")]
+    rc, stdout, err = _run(argv, capsys)
+    assert rc == 0, err
+    assert all(f"{label}: 100%" in err for label in ("naive", "UG", "bicubic")), err
+    assert "trained size" not in err and "bicubic" in stdout
+
+
+def _bars_only(err: str, labels: tuple[str, ...]) -> None:
+    """Every piece of stderr is a progress bar that carries one of ``labels``."""
+    pieces = [p for p in err.replace("\r", "\n").splitlines() if p.strip()]
+    assert pieces, err
+    assert all(p.startswith(tuple(f"{label}: " for label in labels)) for p in pieces), err
+
+
+def test_latent_flow_prints_labelled_bars_and_no_library_warnings(tmp_path, capsys, monkeypatch):
+    """A transformers warning while the pipeline loads (as a missing torchvision gives) stays
+    silent, as do diffusers' loading bars; the sampling bars carry the method's name."""
+    import transformers
+
+    from ug_core.demo import latent
+
+    load = latent.load_pipeline
+
+    def warn_then_load(*args, **kwargs):
+        transformers.utils.logging.get_logger("transformers").warning("requires torchvision")
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(latent, "load_pipeline", warn_then_load)
+    argv = ["sample", "--n", "1", "--steps", "2", "--model", "latent-flow", "--out"]
+    rc, _, err = _run([*argv, str(tmp_path / "o")], capsys)
+    assert rc == 0, err
+    _bars_only(err, ("naive", "UG", "bicubic"))
+
+
+def test_video_prints_labelled_bars(tmp_path, capsys):
+    argv = ["sample", "--n", "1", "--steps", "2", "--model", "video", "--out"]
+    rc, _, err = _run([*argv, str(tmp_path / "o")], capsys)
+    assert rc == 0, err
+    _bars_only(err, ("naive", "UG", "interp"))

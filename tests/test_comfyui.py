@@ -12,9 +12,10 @@ The references are written here from docs/maths.md, not with the adapter's or th
 - sigma form (§6): ``denoised' = denoised + w·U[denoised(D[x], max(σ/√k, σ_min)) − D[denoised]]``;
 - flow form (§7): the low call is ``denoised(c·D[x], σ')``, ``c = 1/((1 − σ) + σ/√k)``,
   ``σ' = σ/(σ + √k(1 − σ))``, combined the same way;
-- fractional factors p/q (§13): D is the area mean, U its right inverse ``Dᵀ(DDᵀ)⁻¹``, the low
-  input is whitened by ``W = (k·DDᵀ)^(-1/2)`` and its prediction unwhitened by ``W⁻¹`` (matrices
-  built here per axis from the overlaps, in float64);
+- fractional factors p/q (§13): D is the area mean, U its right inverse ``Dᵀ(DDᵀ)⁻¹`` (matrices
+  built here per axis from the overlaps, in float64), and the low input is topped up to
+  ``D[x] + σ·ζ`` with the core's ζ (its draw is tested in the core; in denoised space the
+  kernel's top-up term is 0);
 - ``w = θ`` while the time fraction (``timestep(σ)/999`` on a discrete model, ``σ`` for a flow,
   the ``log σ`` position for EDM) is ``>= 1 − η``, else 0.
 
@@ -54,7 +55,7 @@ from ug_core.adapters.comfyui import (
     node_factors,
 )
 
-from ug_core import UpsampleGuidanceConfig
+from ug_core import TopUpNoise, UpsampleGuidanceConfig
 
 ONE_CALL = {"rtol": 2e-5, "atol": 2e-5}
 SAMPLER_RUN = {"rtol": 1e-4, "atol": 1e-4}
@@ -130,13 +131,6 @@ def area_matrix(n, f):
     return d
 
 
-def whitening(n_low, f, power):
-    """(f·DDᵀ)^power for one axis whose low size is n_low (power -1/2: W, +1/2: W⁻¹)."""
-    d = area_matrix(int(n_low * Fraction(f)), f)
-    vals, vecs = torch.linalg.eigh(float(Fraction(f)) * d @ d.T)
-    return vecs @ torch.diag(vals**power) @ vecs.T
-
-
 def along_axes(x, factors, matrix):
     """Apply ``matrix(size, factor)`` to each trailing axis of x (float64, back to x's dtype)."""
     out = x.double()
@@ -168,8 +162,9 @@ def reference(base, x, sigma, theta, eta, factors, high_inputs, low_inputs):
     high = base._apply_model(x, sigma, **high_inputs())
     s = sigma.double()  # the low call's time and scale in float64, then the model's float32
     x_low = block_mean(x, factors)
-    if fractional:  # whitened: W·D[x]
-        x_low = along_axes(x_low, factors, lambda n, f: whitening(n, f, -0.5))
+    if fractional:  # topped up: D[x] + σ·ζ, ζ ~ N(0, I/k − DDᵀ) drawn from x's rows (the core's)
+        zeta = TopUpNoise().draw(x, tuple(x_low.shape), 1.0, factors).to(x_low.dtype)
+        x_low = x_low + sigma.reshape(-1, *(1,) * (x.ndim - 1)) * zeta
     if isinstance(ms, cs.CONST):
         c = (1.0 / ((1 - s) + s / math.sqrt(k))).float()
         sigma_low = (s / (s + math.sqrt(k) * (1 - s))).float()
@@ -177,8 +172,6 @@ def reference(base, x, sigma, theta, eta, factors, high_inputs, low_inputs):
     else:
         sigma_low = (s / math.sqrt(k)).clamp_min(float(ms.sigma_min)).float()
     low = base._apply_model(x_low, sigma_low, **low_inputs())
-    if fractional:
-        low = along_axes(low, factors, lambda n, f: whitening(n, f, 0.5))
     on = time_fraction(ms, sigma) >= 1 - eta
     w = torch.where(on, theta, 0.0).float().reshape(-1, *(1,) * (x.ndim - 1))
     return high + w * nearest_up(low - block_mean(high, factors), factors)

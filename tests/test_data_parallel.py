@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ug_core.cli import _write_atomically, main
+from ug_core.cli import main
+from ug_core.launch import write_atomically
 
 TESTS = Path(__file__).resolve().parent
 UG = ["-m", "ug_core.cli"]
@@ -38,7 +39,9 @@ def free_port() -> int:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
+    """The launched processes' environment; a fatal signal (SIGABRT) prints every stack."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
+    return {**env, "PYTHONFAULTHANDLER": "1"}
 
 
 def torchrun(cwd: Path, program: list[str], *argv: str) -> subprocess.CompletedProcess:
@@ -131,12 +134,19 @@ def test_pipeline_under_torchrun_writes_the_single_process_files(tmp_path, monke
     assert_same_files(tmp_path / "single", tmp_path / "out", n=3)
 
 
-def test_a_usage_error_exits_2_on_every_process(tmp_path):
-    """Found after the processes joined (the model is loaded first): every one says it."""
-    results = env_launch(tmp_path, UG, "sample", *ARGS, "--class", "hexagon", "--out", "out")
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--class", "hexagon"], "--class 'hexagon' is not a class"),  # before they join
+        (["--steps", "5000"], "--steps 5000 exceeds the model's 1000"),  # once the model is loaded
+    ],
+)
+def test_a_usage_error_exits_2_on_every_process(option, message, tmp_path):
+    """Found on every process, before or after the processes joined: every one says it."""
+    results = env_launch(tmp_path, UG, "sample", *ARGS, *option, "--out", "out")
     for code, _, err in results:
         assert code == 2, err
-        assert err.strip().splitlines()[-1].startswith("ug sample: error: --class 'hexagon'")
+        assert err.strip().splitlines()[-1].startswith(f"ug sample: error: {message}")
         assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
@@ -144,18 +154,20 @@ def test_a_usage_error_exits_2_on_every_process(tmp_path):
 def test_a_usage_error_on_one_process_stops_all(tmp_path):
     results = env_launch(tmp_path, FAULTS, "usage", "1", "sample", *ARGS, "--out", "out")
     (code0, _, err0), (code1, _, err1) = results
-    assert code1 == 2 and err1.strip().splitlines()[-1] == "ug sample: error: injected usage error"
-    assert code0 == 2 and err0.strip().splitlines() == [
-        "ug sample: error: rank 1: injected usage error"
-    ]
+    assert code1 == 2, err1  # the stderr of an abort holds its stack (faulthandler)
+    assert code0 == 2, err0
+    assert err1.strip().splitlines()[-1] == "ug sample: error: injected usage error"
+    assert err0.strip().splitlines() == ["ug sample: error: rank 1: injected usage error"]
     assert not (tmp_path / "out").exists() and no_partial_folders(tmp_path)
 
 
 def test_an_error_on_one_process_stops_all_and_writes_nothing(tmp_path):
     results = env_launch(tmp_path, FAULTS, "raise", "1", "sample", *ARGS, "--out", "out")
     (code0, _, err0), (code1, _, err1) = results
-    assert code1 == 1 and "ug sample: error: RuntimeError: injected fault" in err1
-    assert code0 == 1 and "ug sample: error: rank 1: RuntimeError: injected fault" in err0
+    assert code1 == 1, err1
+    assert code0 == 1, err0
+    assert "ug sample: error: RuntimeError: injected fault" in err1
+    assert "ug sample: error: rank 1: RuntimeError: injected fault" in err0
     assert "Traceback" not in err0 + err1
     assert not (tmp_path / "out").exists() and no_partial_folders(tmp_path)
 
@@ -189,7 +201,7 @@ def _files(*names: str):
 
 def test_write_atomically_into_a_new_folder(tmp_path):
     out = tmp_path / "a" / "b"
-    _write_atomically(out, _files("x.png", "metrics.json"))
+    write_atomically(out, _files("x.png", "metrics.json"))
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "x.png"]
     assert no_partial_folders(tmp_path)
 
@@ -198,7 +210,7 @@ def test_write_atomically_into_a_new_folder(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        _write_atomically(tmp_path / "c", fail)
+        write_atomically(tmp_path / "c", fail)
     assert not (tmp_path / "c").exists() and no_partial_folders(tmp_path)
 
 
@@ -206,7 +218,7 @@ def test_write_atomically_into_an_existing_folder(tmp_path):
     """The new files replace those of the same name; other files stay; a failure changes none."""
     (tmp_path / "x.png").write_text("old")
     (tmp_path / "mine.txt").write_text("keep")
-    _write_atomically(tmp_path, _files("x.png", "y.png", "metrics.json"))
+    write_atomically(tmp_path, _files("x.png", "y.png", "metrics.json"))
     assert (tmp_path / "x.png").read_text() == "new x.png"
     assert (tmp_path / "mine.txt").read_text() == "keep" and (tmp_path / "y.png").is_file()
     assert no_partial_folders(tmp_path)
@@ -216,7 +228,7 @@ def test_write_atomically_into_an_existing_folder(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        _write_atomically(tmp_path, fail)
+        write_atomically(tmp_path, fail)
     assert (tmp_path / "x.png").read_text() == "new x.png" and no_partial_folders(tmp_path)
 
 

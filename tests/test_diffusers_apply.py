@@ -551,3 +551,147 @@ def test_a_failed_reapply_keeps_the_previous_application():
         apply_upsample_guidance(pipe, (2, 2), 1.0, eta=-1.0)
     assert is_upsample_guided(pipe)
     assert torch.equal(pipe(**sd_call_kwargs(steps=2)).images, guided)
+
+
+# ---------------------------------------------------------------------- found by diffusers' suites
+ROUNDING = ["flux", "flux2", "chroma", "qwenimage", "lumina2"]
+
+
+def _rounding_pipeline(name: str):
+    """A tiny pipeline of a family whose pipeline rounds latents to 2·(pixels // (2·vae))."""
+    import diffusers_transformers as T
+
+    builders = {
+        "flux": T.tiny_flux_pipeline,
+        "flux2": T.tiny_flux2_pipeline,
+        "chroma": T.tiny_chroma_pipeline,
+        "qwenimage": T.tiny_qwenimage_pipeline,
+        "lumina2": T.tiny_lumina2_pipeline,
+    }
+    return builders[name](), T.CALLS[name]
+
+
+@pytest.mark.parametrize("name", ROUNDING)
+def test_sizes_the_pipeline_rounds_are_checked_as_it_samples_them(name):
+    """One latent more than 2x (``pixels // vae`` odd) is rounded down by the pipeline: it samples
+    the 2x latents, guided, as the 2x request does; Lumina 2 refuses such sizes itself."""
+    pipe, call = _rounding_pipeline(name)
+    size, vae = 2 * call.size, pipe.vae_scale_factor
+    apply_upsample_guidance(pipe, 2, 1.0)
+    expected = pipe(**call(size, size))[0]
+    if name == "lumina2":
+        with pytest.raises(ValueError, match=r"have to be divisible by"):  # Lumina 2's own check
+            pipe(**call(size, size + vae))
+    else:
+        assert torch.equal(pipe(**call(size + vae, size + vae))[0], expected)
+    rec = ForwardRecorder(pipe.transformer)
+    with pytest.raises(
+        ValueError,
+        match=rf"width={size + 2 * vae} gives a latent width of {size // vae + 2}; the factor 2 x "
+        rf"patch 2 needs multiples of 4 to map to a whole trained size: use width={size} or "
+        rf"{size + 4 * vae}$",
+    ):
+        pipe(**call(size, size + 2 * vae))
+    assert rec.calls == []
+    for width in (size, size + 4 * vae):  # the suggestions, in pixels, sample
+        pipe(**call(size, width))
+    rec.close()
+
+
+def test_flux_width_1000_samples_a_124_wide_latent():
+    """The issue's example: ``pixels // vae`` is 125, the pipeline samples 124 = 2·(1000 // 16).
+
+    The tiny Flux has a VAE factor of 2, so width 250 is the same latent arithmetic as 1000 with
+    Flux's 8: 2·(250 // 4) = 124, refused before as 125."""
+    pipe, call = _rounding_pipeline("flux")
+    assert pipe.vae_scale_factor == 2
+    apply_upsample_guidance(pipe, 2, 1.0)
+    rec = ForwardRecorder(pipe.transformer)
+    pipe(**call(32, 250, steps=1))
+    rec.close()
+    tokens = [c[0]["hidden_states"].shape[1] for c in rec.calls]
+    assert tokens == [8 * 62, 4 * 31]  # (16 x 124 latents) / 4, and the low call's (8 x 62) / 4
+
+
+@pytest.mark.parametrize("options", [dict(scale=0.0), dict(scale=1.0, eta=0.0)])
+def test_scale_or_eta_zero_is_a_no_op_at_sizes_the_factors_dont_divide(options):
+    """No check runs and nothing changes: a UNet (factor 3 of 16 latents) and a transformer
+    pipeline (SD3: factor 3 x patch 2 of 16 latents, and a fractional 4/3)."""
+    import diffusers_transformers as T
+
+    pipe = tiny_sd_pipeline()
+    plain = full_output(pipe)
+    apply_upsample_guidance(pipe, 3, **options)
+    assert torch.equal(full_output(pipe), plain)
+    apply_upsample_guidance(pipe, 3, 1.0)  # the check is still there for a guidance that runs
+    with pytest.raises(ValueError, match=r"height=32 gives a latent height of 16"):
+        full_output(pipe)
+    sd3 = T.tiny_sd3_pipeline()
+    kwargs = T.sd3_call_kwargs(height=32, width=32)
+    plain = sd3(**kwargs)[0]
+    for factors in (3, "4/3"):
+        apply_upsample_guidance(sd3, factors, **options)
+        assert torch.equal(sd3(**T.sd3_call_kwargs(height=32, width=32))[0], plain)
+    apply_upsample_guidance(sd3, 3, 1.0)
+    with pytest.raises(ValueError, match=r"height=32 gives a latent height of 16"):
+        sd3(**T.sd3_call_kwargs(height=32, width=32))
+
+
+def tiny_clip_text_encoder(seed: int = 0):
+    """A CLIPTokenizer on printable ASCII (each character a token, no merges) and a tiny
+    CLIPTextModel whose hidden states are EMBED_DIM wide (the tiny UNet's cross-attention)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    chars = [chr(i) for i in range(33, 127)]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in chars + [c + "</w>" for c in chars]:
+        vocab[token] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=SEQ_TOKENS)
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=EMBED_DIM, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=SEQ_TOKENS, bos_token_id=0,
+        eos_token_id=1, pad_token_id=1, projection_dim=EMBED_DIM,
+    )  # fmt: skip
+    return tokenizer, CLIPTextModel(config).eval()
+
+
+SEQ_TOKENS = 8  # the tiny tokenizer's model_max_length
+
+
+def test_text_encoder_lora_with_ug():
+    """A text-encoder LoRA through transformers' own peft integration (``add_adapter``, as
+    diffusers' LoRA training scripts add it; it checks peft's version, which the CI pins must
+    satisfy) changes the prompt embeddings, and UG guides the pipeline that uses them: scale 0 is
+    the LoRA pipeline bit for bit, and both calls of a step get the LoRA's embeddings."""
+    from peft import LoraConfig
+
+    tokenizer, text_encoder = tiny_clip_text_encoder()
+    pipe = tiny_sd_pipeline()
+    pipe.register_modules(tokenizer=tokenizer, text_encoder=text_encoder)
+
+    def run():
+        gen = torch.Generator().manual_seed(0)
+        return pipe("a red cube", height=32, width=32, num_inference_steps=2, generator=gen,
+                    output_type="latent").images  # fmt: skip
+
+    base = run()
+    torch.manual_seed(5)
+    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                        target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])  # fmt: skip
+    text_encoder.add_adapter(config, adapter_name="te")
+    lora = run()
+    assert not torch.equal(lora, base)  # the LoRA reaches the prompt embeddings
+    apply_upsample_guidance(pipe, 2, 0.0)
+    assert torch.equal(run(), lora)
+    apply_upsample_guidance(pipe, 2, 1.0)
+    rec = ForwardRecorder(pipe.unet)
+    guided = run()
+    rec.close()
+    assert torch.isfinite(guided).all() and not torch.equal(guided, lora)
+    (high, _), (low, _) = rec.calls[:2]
+    assert low["sample"].shape[-2:] == (8, 8) and high["sample"].shape[-2:] == (16, 16)
+    assert low["encoder_hidden_states"] is high["encoder_hidden_states"]
+    text_encoder.disable_adapters()
+    remove_upsample_guidance(pipe)
+    assert torch.equal(run(), base)

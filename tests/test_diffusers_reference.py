@@ -318,25 +318,36 @@ def test_fractional_timesteps_are_handled_exactly():
     assert fractional >= 2 and fractional_tau >= 1
 
 
-def test_fractional_factor_matches_the_whitened_eq10():
-    """SD at 1.5x (8x8 latents trained, 12x12 sampled): docs/maths.md §13, operators by hand."""
+def test_fractional_factor_matches_the_topped_up_eq10():
+    """SD at 1.5x (8x8 latents trained, 12x12 sampled): docs/maths.md §13, operators by hand.
+
+    The low input is ``(D[x] + s·ζ)/√P`` with one ζ per sample for the whole run (the two CFG
+    halves share it), the guided ε is ``ε + U[ε_low/√k − D[ε] − ζ]``, and a rerun from the same
+    seed is bit-identical (ζ is drawn again from the same first input)."""
     import fractional_reference as ref
 
     pipe = tiny_sd_pipeline()
     apply_upsample_guidance(pipe, 1.5, 1.0)
     rec, out = ForwardRecorder(pipe.unet), OutputRecorder(pipe.unet)
-    pipe(**sd_call_kwargs(height=24, width=24, steps=2, cfg=5.0))
+    first = pipe(**sd_call_kwargs(height=24, width=24, steps=2, cfg=5.0)).images
     highs, lows, guided = split_calls(rec, out, (2, 4, 12, 12))
     assert len(highs) == len(lows) == 2 and lows[0][0]["sample"].shape == (2, 4, 8, 8)
     alphas, k, f = pipe.scheduler.alphas_cumprod, 2.25, (Fraction(3, 2),) * 2
+    zetas = []
     for (named, eps), (low_named, eps_low), g in zip(highs, lows, guided, strict=True):
         x, t = named["sample"], int(named["timestep"])
         power = float(alphas[t]) + (1 - float(alphas[t])) / k
-        expected_in = ref.W(ref.D(x, f), f) / math.sqrt(power)
-        torch.testing.assert_close(low_named["sample"], expected_in, rtol=1e-5, atol=1e-6)
+        s = math.sqrt(1 - float(alphas[t]))
+        zeta = (low_named["sample"] * math.sqrt(power) - ref.D(x, f)) / s
+        zetas.append(zeta)
+        torch.testing.assert_close(zeta[0], zeta[1], rtol=0, atol=1e-5)  # CFG halves: one ζ
         assert int(low_named["timestep"]) == nearest_tau(alphas, t, k)
-        reference = eps + ref.U(ref.W_inv(eps_low, f) / math.sqrt(k) - ref.D(eps, f), f)
+        reference = eps + ref.U(eps_low / math.sqrt(k) - ref.D(eps, f) - zeta, f)
         torch.testing.assert_close(g, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(zetas[0], zetas[1], rtol=0, atol=1e-5)  # one ζ for the run
+    assert 0.2 < float(zetas[0].std()) < 0.6  # ζ ~ N(0, I/k − DDᵀ): variance up to 1/k per cell
+    again = pipe(**sd_call_kwargs(height=24, width=24, steps=2, cfg=5.0)).images
+    assert np.array_equal(np.asarray(first), np.asarray(again))
     expected = r"height=26 gives a latent height of 13; the factor 3/2 needs multiples of 3 .*: "
     with pytest.raises(ValueError, match=expected + r"use height=24 or 30"):
         pipe(**sd_call_kwargs(height=26, width=24, steps=1))

@@ -20,6 +20,7 @@ from diffusers_transformers import (
     tiny_wan_pipeline,
     wan_call_kwargs,
 )
+from test_diffusers_transformers import CASES
 from ug_core.adapters.diffusers import apply_upsample_guidance
 
 import ug_core.guidance as guidance_module
@@ -86,6 +87,10 @@ CASES = {
         tiny_cogvideox_pipeline, cogvideox_call_kwargs, VIDEO, cogvideox_dpm, (2, 2, 2)
     ),
     "wan-flow-euler": (tiny_wan_pipeline, wan_call_kwargs, VIDEO, flow_euler, (2, 2, 2)),
+    # img2img from mid-schedule with a second-order scheduler (begin index = t_start x order)
+    "sd3-img2img-flow-heun": (
+        CASES["sd3_img2img"].build, CASES["sd3_img2img"].kwargs, IMAGE, flow_heun, (2, 2)
+    ),
 }  # fmt: skip
 
 

@@ -15,16 +15,43 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
+from diffusers_image_variants import (
+    HIDREAM_TRAINED,
+    HUNYUANIMAGE_TRAINED,
+    QWEN21_TRAINED,
+    call_kwargs,
+    hidream_call_kwargs,
+    hunyuanimage_call_kwargs,
+    mask_picture,
+    picture,
+    qwenimage21_call_kwargs,
+    tiny_chroma_img2img_pipeline,
+    tiny_cogview4_control_pipeline,
+    tiny_flux_control_pipeline,
+    tiny_flux_controlnet_pipeline,
+    tiny_flux_fill_pipeline,
+    tiny_hidream_pipeline,
+    tiny_hunyuanimage_pipeline,
+    tiny_qwen_edit_pipeline,
+    tiny_qwenimage21_pipeline,
+    tiny_qwenimage_controlnet_pipeline,
+    tiny_sd3_controlnet_pipeline,
+    tiny_sd3_inpaint_pipeline,
+    variant,
+)
 from diffusers_models import ForwardRecorder, OutputRecorder
 from diffusers_transformers import (
     AURAFLOW_TRAINED,
     CHROMA_TRAINED,
     COGVIDEOX_TRAINED,
     COGVIDEOX_TRAINED_FRAMES,
+    COGVIEW4_TRAINED,
     FLUX2_TRAINED,
     FLUX_TRAINED,
     HUNYUAN_TRAINED,
@@ -41,11 +68,14 @@ from diffusers_transformers import (
     SANA_VIDEO_TRAINED,
     SANA_VIDEO_TRAINED_FRAMES,
     SD3_TRAINED,
+    SEQ,
+    TEXT_DIM,
     WAN_TRAINED,
     WAN_TRAINED_FRAMES,
     auraflow_call_kwargs,
     chroma_call_kwargs,
     cogvideox_call_kwargs,
+    cogview4_call_kwargs,
     flux2_call_kwargs,
     flux_call_kwargs,
     hunyuan_video_call_kwargs,
@@ -106,20 +136,31 @@ class Case:
     kwargs: object
     size: dict
     factors: tuple
-    form: str  # "flow", "flow_reversed", "eps_learned", "v"
+    form: str  # "eps_learned", "v", "flow", "flow_reversed" (1 − σ, x0 − ε), "flow_negated"
     flow_scale: float = 1000.0  # model time per unit of sigma (flow forms)
     packed: bool = False  # Flux-style 2x2 packed tokens
     frames_first: bool = False  # CogVideoX (B, F, C, H, W)
     ltx: bool = False  # LTX packed (B, F*H*W, C)
     denoisers: tuple = ("transformer",)
     extra: dict = field(default_factory=dict)
+    tokens: bool = False  # unpatched row-major tokens (B, H*W, C) (Qwen-Image 2.1)
+    sample_arg: str = "hidden_states"
+    time_arg: str = "timestep"
+    target: object = None  # (sample, named) -> the target's part (reference tokens dropped)
+    sigma: object = None  # (model time, pipe) -> σ, where it is not the time over flow_scale
+    low_time: object = None  # (σ', pipe) -> the low call's model time, likewise
+    folded_mask: int = 0  # s: the last s² input channels are a mask of s×s sub-pixels (Fill)
 
     def grid(self, sample: torch.Tensor, named: dict) -> torch.Tensor:
         """A call's sample or output as (B, C, *grid), float64."""
-        if self.packed:
+        if self.target is not None:
+            sample = self.target(sample, named)
+        if self.packed or self.tokens:
             n = sample.shape[1]
             h, w = self.size["height"], self.size["width"]
             rows = math.isqrt(n * h // w)
+            if self.tokens:
+                return sample.transpose(1, 2).reshape(sample.shape[0], -1, rows, n // rows).to(F64)
             return unpack_2x2(sample, rows, n // rows).to(F64)
         if self.ltx:
             f, h, w = named["num_frames"], named["height"], named["width"]
@@ -256,8 +297,193 @@ CASES = {
 }
 
 
+# ---------------------------------------------------------------------- conditioning variants
+def ids_target(sample: torch.Tensor, named: dict) -> torch.Tensor:
+    """The target's tokens of a Flux-style call: ``img_ids[..., 0] == 0`` (Kontext's and Flux.2's
+    references have 1, 10, 20, ...); an output as long as the target is the target."""
+    ids = named["img_ids"]
+    keep = (ids[0] if ids.ndim == 3 else ids)[:, 0] == 0
+    return sample if sample.shape[1] == int(keep.sum()) else sample[:, keep]
+
+
+def qwen_target(sample: torch.Tensor, named: dict) -> torch.Tensor:
+    """Qwen-Image's target: the first ``img_shapes`` entry's tokens."""
+    return sample[:, : math.prod(named["img_shapes"][0][0])]
+
+
+def qwen21_target(sample: torch.Tensor, named: dict) -> torch.Tensor:
+    """Qwen-Image 2.1's target: the last ``img_shapes`` entry's tokens, last in the sequence."""
+    return sample[:, -math.prod(named["img_shapes"][0][-1]) :]
+
+
+def conditioned(base: str, condition, **fixed):
+    """Call arguments of the family ``base`` plus ``condition(height, width)``'s."""
+
+    def kwargs(**kw):
+        kw = {**fixed, **kw}
+        return call_kwargs(base, condition(kw["height"], kw["width"]), **kw)
+
+    return kwargs
+
+
+def kontext(h, w):
+    return dict(image=picture(FLUX_TRAINED, FLUX_TRAINED), max_area=h * w, _auto_resize=False)
+
+
+def references(h, w):  # two references, of different sizes, neither the output's
+    return dict(image=[picture(FLUX2_TRAINED, FLUX2_TRAINED), picture(64, 128, seed=1)])
+
+
+def img2img(h, w):
+    return dict(image=picture(h, w), strength=0.7)
+
+
+def inpaint(h, w):
+    return dict(image=picture(h, w), mask_image=mask_picture(h, w), strength=0.7)
+
+
+def fill(h, w):
+    return dict(image=picture(h, w), mask_image=mask_picture(h, w))
+
+
+def control(h, w):
+    return dict(control_image=picture(h, w))
+
+
+def control_inpaint(h, w):
+    return dict(control_image=picture(h, w), control_mask=mask_picture(h, w))
+
+
+def klein_kv(**kw):
+    out = call_kwargs("flux2", dict(image=[picture(FLUX2_TRAINED, FLUX2_TRAINED)]), steps=3, **kw)
+    del out["guidance_scale"]  # Klein-KV is distilled: no guidance argument
+    return out
+
+
+def klein(**kw):
+    negative = torch.randn(1, SEQ, TEXT_DIM, generator=torch.Generator().manual_seed(5))
+    extra = dict(image=[picture(FLUX2_TRAINED, FLUX2_TRAINED)], negative_prompt_embeds=negative)
+    return call_kwargs("flux2", extra, **kw)
+
+
+def hidream(seed=0):
+    """HiDream scales every request to the area of ``default_sample_size·vae_scale_factor``
+    squared: set to twice the trained size, so that the 2x request is sampled as asked."""
+    pipe = tiny_hidream_pipeline(seed)
+    pipe.default_sample_size = 2 * HIDREAM_TRAINED // 8
+    return pipe
+
+
+COGVIEW4_SEQ = (2 * COGVIEW4_TRAINED // 8 // 2) ** 2  # image tokens at 2x
+
+
+def cogview4_mu(tokens: int) -> float:
+    """The pipeline's shift for ``tokens`` (its calculate_shift, the tiny scheduler's config)."""
+    return math.sqrt(tokens / 4) * 0.75 + 0.25
+
+
+def cogview4_sigma(t: torch.Tensor, pipe) -> torch.Tensor:
+    """σ of the unshifted step ``t``: the linear shift with the 2x request's μ."""
+    s, mu = t / 1000, cogview4_mu(COGVIEW4_SEQ)
+    return mu * s / (1 + (mu - 1) * s)
+
+
+def cogview4_low_time(sigma: torch.Tensor, pipe) -> torch.Tensor:
+    """The step native sampling at the trained size (4x fewer tokens) pairs with ``sigma``."""
+    mu = cogview4_mu(COGVIEW4_SEQ // 4)
+    return 1000 * sigma / (sigma + mu * (1 - sigma))
+
+
+FLUX2_WIDE = dict(height=2 * FLUX2_TRAINED, width=3 * FLUX2_TRAINED)  # 2x of a 128x192 image
+
+CASES.update({
+    "flux_kontext": Case(partial(variant, "FluxKontextPipeline", tiny_flux_pipeline),
+                         conditioned("flux", kontext), image(FLUX_TRAINED), (2, 2), "flow", 1.0,
+                         True, target=ids_target),
+    "flux_kontext_two_per_prompt_non_square": Case(
+        partial(variant, "FluxKontextPipeline", tiny_flux_pipeline),
+        conditioned("flux", lambda h, w: {**kontext(h, w), "num_images_per_prompt": 2}),
+        dict(height=2 * FLUX_TRAINED, width=4 * FLUX_TRAINED), (2, 2), "flow", 1.0, True,
+        target=ids_target),
+    "flux_kontext_1.5x_true_cfg": Case(
+        partial(variant, "FluxKontextPipeline", tiny_flux_pipeline),
+        conditioned("flux", kontext, true_cfg=4.0), dict(height=48, width=48), (1.5, 1.5),
+        "flow", 1.0, True, target=ids_target),
+    "flux2_two_references_non_square": Case(tiny_flux2_pipeline, conditioned("flux2", references),
+                                            FLUX2_WIDE, (2, 2), "flow", 1.0, True,
+                                            target=ids_target),
+    "flux2_klein_references_cfg": Case(
+        partial(variant, "Flux2KleinPipeline", tiny_flux2_pipeline, is_distilled=False), klein,
+        image(FLUX2_TRAINED), (2, 2), "flow", 1.0, True, target=ids_target),
+    "flux2_klein_kv_cache": Case(
+        partial(variant, "Flux2KleinKVPipeline", tiny_flux2_pipeline, is_distilled=True),
+        klein_kv, image(FLUX2_TRAINED), (2, 2), "flow", 1.0, True, target=ids_target),
+    "qwen_edit_true_cfg": Case(tiny_qwen_edit_pipeline,
+                               conditioned("qwenimage", lambda h, w: dict(image=picture(96, 160))),
+                               image(QWEN_TRAINED), (2, 2), "flow", 1.0, True, target=qwen_target),
+    "qwen_edit_plus_two_images_non_square": Case(
+        partial(tiny_qwen_edit_pipeline, plus=True),
+        conditioned("qwenimage", lambda h, w: dict(image=[picture(128, 128), picture(64, 128)],
+                                                   num_images_per_prompt=2)),
+        dict(height=2 * QWEN_TRAINED, width=QWEN_TRAINED), (2, 2), "flow", 1.0, True,
+        target=qwen_target),
+    "qwenimage21_kv_cache_true_cfg": Case(tiny_qwenimage21_pipeline, qwenimage21_call_kwargs,
+                                          image(QWEN21_TRAINED), (2, 2), "flow", 1.0,
+                                          tokens=True, target=qwen21_target),
+    "sd3_controlnet": Case(tiny_sd3_controlnet_pipeline, conditioned("sd3", control),
+                           image(SD3_TRAINED), (2, 2), "flow"),
+    "sd3_controlnet_inpainting": Case(partial(tiny_sd3_controlnet_pipeline, inpainting=True),
+                                      conditioned("sd3", control_inpaint), image(SD3_TRAINED),
+                                      (2, 2), "flow"),
+    "flux_controlnet": Case(tiny_flux_controlnet_pipeline, conditioned("flux", control),
+                            image(FLUX_TRAINED), (2, 2), "flow", 1.0, True),
+    "flux_fill": Case(tiny_flux_fill_pipeline, conditioned("flux", fill), image(FLUX_TRAINED),
+                      (2, 2), "flow", 1.0, True, folded_mask=2),
+    "sd3_img2img": Case(partial(variant, "StableDiffusion3Img2ImgPipeline", tiny_sd3_pipeline),
+                        conditioned("sd3", img2img, steps=4), image(SD3_TRAINED), (2, 2), "flow"),
+    "sd3_inpaint": Case(tiny_sd3_inpaint_pipeline, conditioned("sd3", inpaint, steps=4),
+                        image(SD3_TRAINED), (2, 2), "flow"),
+    "sd3_inpaint_33_channels": Case(partial(tiny_sd3_inpaint_pipeline, masked_channels=True),
+                                    conditioned("sd3", inpaint, steps=4), image(SD3_TRAINED),
+                                    (2, 2), "flow"),
+    "flux_img2img": Case(partial(variant, "FluxImg2ImgPipeline", tiny_flux_pipeline),
+                         conditioned("flux", img2img, steps=4), image(FLUX_TRAINED), (2, 2),
+                         "flow", 1.0, True),
+    "flux_inpaint": Case(partial(variant, "FluxInpaintPipeline", tiny_flux_pipeline),
+                         conditioned("flux", inpaint, steps=4), image(FLUX_TRAINED), (2, 2),
+                         "flow", 1.0, True),
+    "qwenimage_img2img": Case(partial(variant, "QwenImageImg2ImgPipeline", tiny_qwenimage_pipeline),
+                              conditioned("qwenimage", img2img, steps=4), image(QWEN_TRAINED),
+                              (2, 2), "flow", 1.0, True),
+    "qwenimage_inpaint": Case(partial(variant, "QwenImageInpaintPipeline", tiny_qwenimage_pipeline),
+                              conditioned("qwenimage", inpaint, steps=4), image(QWEN_TRAINED),
+                              (2, 2), "flow", 1.0, True),
+    "flux_control": Case(tiny_flux_control_pipeline, conditioned("flux", control),
+                         image(FLUX_TRAINED), (2, 2), "flow", 1.0, True),
+    "cogview4_control": Case(tiny_cogview4_control_pipeline,
+                             lambda **kw: {**cogview4_call_kwargs(**{"steps": 3, **kw}),
+                                           **control(kw["height"], kw["width"])},
+                             image(COGVIEW4_TRAINED), (2, 2), "flow", sigma=cogview4_sigma,
+                             low_time=cogview4_low_time),
+    "chroma_img2img": Case(tiny_chroma_img2img_pipeline, conditioned("chroma", img2img, steps=4),
+                           image(CHROMA_TRAINED), (2, 2), "flow", 1.0, True),
+    "qwenimage_controlnet": Case(tiny_qwenimage_controlnet_pipeline,
+                                 conditioned("qwenimage", control), image(QWEN_TRAINED), (2, 2),
+                                 "flow", 1.0, True),
+    "hunyuanimage": Case(tiny_hunyuanimage_pipeline, hunyuanimage_call_kwargs,
+                         image(HUNYUANIMAGE_TRAINED), (2, 2), "flow"),
+    "hidream": Case(hidream, hidream_call_kwargs, image(HIDREAM_TRAINED), (2, 2), "flow_negated",
+                    time_arg="timesteps"),
+    "cogview4_shifted_sigma": Case(tiny_cogview4_pipeline, partial(cogview4_call_kwargs, steps=3),
+                                   image(COGVIEW4_TRAINED), (2, 2), "flow",
+                                   sigma=cogview4_sigma, low_time=cogview4_low_time),
+})  # fmt: skip
+
+
 def run(case: Case, pipe, **overrides):
-    """One pipeline call at 2x, output as latents."""
+    """One pipeline call at 2x, output as latents (the global generator seeded: SD3's
+    ControlNet pipelines sample the control image's latents from it)."""
+    torch.manual_seed(0)
     return pipe(**case.kwargs(**{**case.size, **overrides}))[0]
 
 
@@ -299,6 +525,29 @@ def nearest_tau(alphas, t: int, k: int) -> int:
     return int(np.argmin(np.abs(log_snr[t] + np.log(k) - log_snr)))
 
 
+def pixel_mean(mask: torch.Tensor, s: int, Dn) -> torch.Tensor:
+    """A mask folded as s×s sub-pixel channels (B, s², h, w) (Flux Fill's: channel sy·s + sx
+    holds pixel (y·s + sy, x·s + sx)), unfolded to pixels, area-averaged by ``Dn`` and folded
+    back, by reshape and permute."""
+    b, _, h, w = mask.shape
+    pixels = mask.reshape(b, s, s, h, w).permute(0, 3, 1, 4, 2).reshape(b, h * s, w * s)
+    low = Dn(pixels)
+    hl, wl = low.shape[-2] // s, low.shape[-1] // s
+    return low.reshape(b, hl, s, wl, s).permute(0, 2, 4, 1, 3).reshape(b, s * s, hl, wl)
+
+
+def operators(factors: tuple):
+    """D, U, W and W⁻¹ by hand: block means and repetition for integer factors (W = I), the
+    dense area-mean matrices of :mod:`fractional_reference` for ratios."""
+    if all(float(f).is_integer() for f in factors):
+        f = tuple(int(v) for v in factors)
+        return (lambda x: D(x, f)), (lambda y: U(y, f)), (lambda y: y), (lambda y: y)
+    import fractional_reference as ref
+
+    f = tuple(Fraction(v) for v in factors)
+    return (*(partial(op, factors=f) for op in (ref.D, ref.U, ref.W, ref.W_inv)),)
+
+
 def reference(case: Case, pipe, high, low, w: float = 1.0):
     """The guided output of one call, from its recorded high and low calls (ug-math by hand).
 
@@ -306,69 +555,98 @@ def reference(case: Case, pipe, high, low, w: float = 1.0):
     channels, an extra absolute tolerance: the flow references divide float32 terms by σ).
     """
     (hn, h_out), (ln, l_out) = high, low
-    f, k = case.factors, math.prod(case.factors)
-    x, x_l = case.grid(hn["hidden_states"], hn), case.grid(ln["hidden_states"], ln)
+    f, k = case.factors, float(math.prod(Fraction(v) for v in case.factors))
+    Dn, Un, Wn, W_inv = operators(f)
+    x, x_l = case.grid(hn[case.sample_arg], hn), case.grid(ln[case.sample_arg], ln)
     p, p_l = case.grid(h_out, hn), case.grid(l_out, ln)
-    t, t_l = torch.as_tensor(hn["timestep"], dtype=F64), torch.as_tensor(ln["timestep"], dtype=F64)
-    channels = x.shape[1]
-    if case.form in ("flow", "flow_reversed"):
-        sign = -1.0 if case.form == "flow_reversed" else 1.0
-        sigma = t / case.flow_scale
+    t = torch.as_tensor(hn[case.time_arg], dtype=F64)
+    t_l = torch.as_tensor(ln[case.time_arg], dtype=F64)
+    channels = p.shape[1]  # the noisy ones: the input may carry conditioning channels after them
+    if case.form in ("flow", "flow_reversed", "flow_negated"):
+        sign = 1.0 if case.form == "flow" else -1.0  # the negated forms predict x0 − ε
+        sigma = case.sigma(t, pipe) if case.sigma else t / case.flow_scale
         if case.form == "flow_reversed":
             sigma = 1 - sigma
         v, v_l = sign * p, sign * p_l
         c = 1 / ((1 - sigma) + sigma / math.sqrt(k))
         sigma_low = sigma / (sigma + math.sqrt(k) * (1 - sigma))  # ug-math §7
-        expected_low_t = (1 - sigma_low) if case.form == "flow_reversed" else sigma_low
+        if case.low_time:
+            expected_low_t = case.low_time(sigma_low, pipe)
+        else:
+            expected_low_t = case.flow_scale * (
+                (1 - sigma_low) if case.form == "flow_reversed" else sigma_low
+            )
         torch.testing.assert_close(
-            torch.as_tensor(ln["timestep"], dtype=F64).reshape(-1),
-            (expected_low_t * case.flow_scale).reshape(-1).expand(x.shape[0]),
+            t_l.reshape(-1),
+            expected_low_t.reshape(-1).expand(x.shape[0]),
             rtol=1e-5,
             atol=1e-6 * case.flow_scale,
         )
-        close(x_l, per(c, x) * D(x, f))
-        x0 = x - per(sigma, x) * v
-        x0_low = x_l - per(sigma_low, x_l) * v_l
-        x0_new = x0 + w * U(x0_low - D(x0, f), f)
+        x_noisy, folded = x[:, :channels], case.folded_mask**2
+        close(x_l[:, :channels], per(c, x) * Wn(Dn(x_noisy)), 1e-6)
+        if x.shape[1] > channels + folded:  # clean conditioning channels: area-averaged
+            end = x.shape[1] - folded
+            close(x_l[:, channels:end], Dn(x[:, channels:end]), 1e-6)
+        if folded:  # a mask folded into sub-pixel channels: area-averaged in pixels
+            close(x_l[:, -folded:], pixel_mean(x[:, -folded:], case.folded_mask, Dn), 1e-6)
+        x0 = x_noisy - per(sigma, x) * v
+        x0_low = x_l[:, :channels] - per(sigma_low, x_l) * v_l
+        x0_new = x0 + w * Un(W_inv(x0_low) - Dn(x0))
         extra = 1e-6 * float(x.abs().max()) / float(sigma.min())  # float32 terms over σ
-        return sign * (x - x0_new) / per(sigma, x), channels, extra
+        return sign * (x_noisy - x0_new) / per(sigma, x), channels, extra
+    channels = x.shape[1]
     alphas = pipe.scheduler.alphas_cumprod.to(F64)
     ti = int(t.reshape(-1)[0])
     a_bar = float(alphas[ti])
     power = a_bar + (1 - a_bar) / k
     assert int(t_l.reshape(-1)[0]) == nearest_tau(alphas, ti, k)
-    close(x_l, D(x, f) / math.sqrt(power))
+    close(x_l, Dn(x) / math.sqrt(power))
     if case.form == "eps_learned":  # Eq. 10 on the mean half; the variance half is kept
         eps, eps_l = p[:, :channels], p_l[:, :channels]
-        return eps + w * U(eps_l / math.sqrt(k) - D(eps, f), f), channels, 0.0
+        return eps + w * Un(eps_l / math.sqrt(k) - Dn(eps)), channels, 0.0
     a, s = math.sqrt(a_bar), math.sqrt(1 - a_bar)  # v-prediction, ug-math §5
     a_l, s_l = a / math.sqrt(power), s / math.sqrt(power * k)
     x0 = a * x - s * p
     x0_low = (a_l * x_l - s_l * p_l) / (a_l**2 + s_l**2)
-    x0_new = x0 + w * U(x0_low - D(x0, f), f)
+    x0_new = x0 + w * Un(x0_low - Dn(x0))
     eps_new = (x - a * x0_new) / s
     return a * eps_new - s * x0_new, channels, 0.0
 
 
+class Outputs(OutputRecorder):
+    """The outputs the caller sees, as :class:`OutputRecorder`; a list output (Z-Image's) too."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.outputs = []
+
+        def hook(mod, args, kwargs, out):
+            sample = out if isinstance(out, torch.Tensor) else out[0]
+            self.outputs.append(sample if isinstance(sample, list) else sample.detach().clone())
+
+        self.handle = module.register_forward_hook(hook, with_kwargs=True)
+
+
 def recorded(case: Case, pipe, w: float):
-    """Run at 2x with UG; return, per denoiser, (high, low, guided) triples and the pipe."""
+    """Run at 2x with UG; return, per denoiser, (high, low, guided) triples and the pipe.
+
+    The calls alternate high, low (the low call runs in the high call's hook); the outputs the
+    caller sees alternate low, guided.
+    """
     apply_upsample_guidance(pipe, case.factors, w)
-    recs = {n: (ForwardRecorder(getattr(pipe, n)), OutputRecorder(getattr(pipe, n))) for n in
+    recs = {n: (ForwardRecorder(getattr(pipe, n)), Outputs(getattr(pipe, n))) for n in
             case.denoisers}  # fmt: skip
     run(case, pipe)
     triples = {}
+    k = math.prod(Fraction(v) for v in case.factors)
     for name, (rec, out) in recs.items():
         rec.close(), out.close()
-        highs, lows = rec.calls[0::2], rec.calls[1::2]
-        high_shape = tuple(highs[0][1].shape) if highs else None
-        guided = [o for o in out.outputs if tuple(o.shape) == high_shape]
+        highs, lows, guided = rec.calls[0::2], rec.calls[1::2], out.outputs[1::2]
         triples[name] = list(zip(highs, lows, guided, strict=True))
         assert len(highs) == len(lows) == len(guided)  # one low call per transformer call
         for (hn, _), (ln, _) in zip(highs, lows, strict=True):
-            assert ln["hidden_states"].shape[0] == hn["hidden_states"].shape[0]  # whole batch
-            assert ln["hidden_states"].numel() * math.prod(case.factors) == (
-                hn["hidden_states"].numel()
-            )
+            x, x_l = case.grid(hn[case.sample_arg], hn), case.grid(ln[case.sample_arg], ln)
+            assert x_l.shape[:2] == x.shape[:2]  # the whole batch, every channel
+            assert x_l.numel() * k == x.numel()
     return triples
 
 
@@ -514,8 +792,10 @@ def test_wan22_guides_both_transformers():
 def test_every_guided_call_gets_its_time_from_the_host(monkeypatch):
     """The scheduler clock gives every call's time on the host (so t is never read back),
     except a first step whose time is neither a view of the timesteps nor indexed yet (Sana
-    scales t, and its DPM scheduler has no step index before its first step; the core then
-    computes on the device, and the first step is always guided)."""
+    scales t, and its DPM scheduler has no step index before its first step; the Flux ControlNet
+    and Control pipelines divide t and set no begin index; the core then computes on the
+    device, and the first step is always guided). The img2img and inpaint pipelines start
+    mid-schedule: their begin index (or t's offset in the timesteps) gives every time."""
     seen = []
     prepare = guidance_module.UpsampleGuidance.prepare
 
@@ -531,7 +811,8 @@ def test_every_guided_call_gets_its_time_from_the_host(monkeypatch):
         run(case, pipe)
         assert seen, name
         unknown = [i for i, h in enumerate(seen) if h is None]
-        assert unknown == ([0] if name == "sana_binning" else []), (name, seen)
+        first_unknown = name in ("sana_binning", "flux_controlnet", "flux_control")
+        assert unknown == ([0] if first_unknown else []), (name, seen)
 
 
 @pytest.mark.parametrize(
@@ -545,14 +826,26 @@ def test_every_guided_call_gets_its_time_from_the_host(monkeypatch):
                                       r" .*: use num_frames=5 or 13"),
         ("ltx", dict(height=96), r"height=96 gives a latent height of 3"),
         ("cogvideox", dict(width=72), r"width=72 gives a latent width of 9"),
+        ("flux_kontext", dict(width=68), r"width=68 gives a latent width of 34; the factor 2 x "
+                                         r"patch 2 needs multiples of 4 .*: use width=64 or 72"),
+        ("flux_fill", dict(height=68), r"height=68 gives a latent height of 34"),
+        ("sd3_img2img", dict(height=68), r"height=68 gives a latent height of 34"),
+        ("qwenimage_inpaint", dict(width=272), r"width=272 gives a latent width of 34"),
+        ("qwen_edit_true_cfg", dict(height=272), r"height=272 gives a latent height of 34"),
+        ("qwenimage21_kv_cache_true_cfg", dict(width=288), r"width=288 gives a latent width of "
+                                                           r"18; .*: use width=256 or 320"),
+        ("cogview4_shifted_sigma", dict(height=264), r"height=264 gives a latent height of 33"),
+        ("flux_kontext_1.5x_true_cfg", dict(width=56), r"width=56 gives a latent width of 28; "
+                                                       r"the factor 3/2 x patch 2 needs multiples "
+                                                       r"of 6 .*: use width=48 or 60"),
     ],
 )  # fmt: skip
 def test_a_bad_size_fails_before_any_model_call(name, bad, match):
     case = CASES[name]
     pipe = case.build()
     apply_upsample_guidance(pipe, case.factors, 1.0)
-    recs = [ForwardRecorder(pipe.vae)] + [ForwardRecorder(getattr(pipe, n)) for n in
-                                          case.denoisers]  # fmt: skip
+    models = [pipe.vae, *(getattr(pipe, n) for n in case.denoisers)]
+    recs = [ForwardRecorder(m) for m in models if m is not None]  # Qwen-Image 2.1's tiny: no VAE
     with pytest.raises(ValueError, match=match):
         run(case, pipe, **bad)
     assert all(r.calls == [] for r in recs)
@@ -585,8 +878,12 @@ def test_guided_denoiser_wraps_a_bare_transformer_like_the_pipeline():
 
 
 def test_unsupported_transformers_get_a_clear_error():
-    pipe = tiny_cogview4_pipeline()
-    with pytest.raises(TypeError, match=r"CogView4Transformer2DModel is not a supported "
+    class MyTransformer2DModel(torch.nn.Module):
+        pass
+
+    pipe = tiny_sd3_pipeline()
+    pipe.transformer = MyTransformer2DModel()
+    with pytest.raises(TypeError, match=r"MyTransformer2DModel is not a supported "
                                         r"denoiser\. Supported families: UNet: "):  # fmt: skip
         apply_upsample_guidance(pipe)
     pipe = tiny_ltx_pipeline()

@@ -32,7 +32,7 @@ from ug_core.adapters.k_diffusion import (
     find_discrete_schedule,
 )
 
-from ug_core import DiscreteSchedule, UpsampleGuidance, step_scale
+from ug_core import DiscreteSchedule, TopUpNoise, UpsampleGuidance, step_scale
 
 pytestmark = pytest.mark.filterwarnings(
     # torchsde's Brownian tree, built by k-diffusion's SDE samplers, notes float32 rounding of t1
@@ -698,8 +698,9 @@ def test_bad_cfg_inputs_raise():
 
 
 @pytest.mark.parametrize("kind", ["eps", "edm"])
-def test_fractional_factors_match_the_whitened_reference(kind):
-    """1.5x in sigma space: denoised + w·U[W⁻¹[inner(W[D[x]], σ/√k)] − D[denoised]] (maths §13)."""
+def test_fractional_factors_match_the_topped_up_reference(kind):
+    """1.5x in sigma space: denoised + w·U[inner(D[x] + σ·ζ, σ/√k) − D[denoised]] (maths §13),
+    ζ the core's one-per-sample draw (its top-up term is 0 in denoised space)."""
     import fractional_reference as ref
 
     inner = INNERS[kind]()
@@ -708,7 +709,8 @@ def test_fractional_factors_match_the_whitened_reference(kind):
     sigma = torch.tensor([3.0, 0.7], dtype=F64)
     out = UpsampleGuidedDenoiser(inner, 1.5, scale=1.3)(x, sigma)
     low_sigma = (sigma / 1.5).clamp_min(sigma_range(inner)[0])  # √k = 1.5 for k = 9/4
-    low = ref.W_inv(inner(ref.W(ref.D(x, f), f), low_sigma), f)
+    zeta = TopUpNoise().draw(x, (2, 3, 8, 8), 1.0, f)
+    low = inner(ref.D(x, f) + sigma.reshape(-1, 1, 1, 1) * zeta, low_sigma)
     denoised = inner(x, sigma)
     expected = denoised + 1.3 * ref.U(low - ref.D(denoised, f), f)
     torch.testing.assert_close(out, expected, **ONE_CALL)

@@ -518,7 +518,8 @@ def test_fractional_factors_equal_the_hand_written_whitened_eq10(shape, factors,
     model = Model(shape[1])
     x = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=F64)
     t = 640.0
-    got = UpsampleGuidance(SD, factors, 1.3, prediction, "exact").wrap(model)(x, t)
+    guide = UpsampleGuidance(SD, factors, 1.3, prediction, "exact", ratio_noise="whiten")
+    got = guide.wrap(model)(x, t)
     k = float(math.prod(fr))
     a_bar = float(SD.alpha_bar(torch.tensor(t, dtype=F64)))
     a, s = math.sqrt(a_bar), math.sqrt(1 - a_bar)
@@ -530,3 +531,116 @@ def test_fractional_factors_equal_the_hand_written_whitened_eq10(shape, factors,
     r, q = guidance_coefficients(prediction, a, s, c, k)
     expected = p + 1.3 * ref.U(float(r) * p_low - ref.D(p, fr) + float(q) * ref.D(x, fr), fr)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "shape, factors",
+    [
+        ((2, 3, 12, 12), ("3/2", "3/2")),
+        ((2, 3, 8, 15), ("4/3", "5/4")),
+        ((1, 2, 4, 6, 6), (2, 1, 1.5)),
+    ],
+)
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_fractional_factors_equal_the_hand_written_top_up(shape, factors, prediction):
+    """The default ratio form: ``p + w·U[r·p(c·(D[x] + s·ζ), τ) − D[p] + q·D[x] + z·ζ]`` with
+    ``z = −r·c·A(c·a, c·s/√k)·s`` written out per prediction (maths §13)."""
+    import fractional_reference as ref
+
+    fr = [Fraction(str(f)) for f in factors]
+    model = Model(shape[1])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+    t = 640.0
+    guide = UpsampleGuidance(SD, factors, 1.3, prediction, "exact")
+    got = guide.wrap(model)(x, t)
+    zeta = guide.top_up._state[2]
+    assert zeta.shape == ref.D(x, fr).shape and zeta.abs().max() > 0.1
+    k = float(math.prod(fr))
+    a_bar = float(SD.alpha_bar(torch.tensor(t, dtype=F64)))
+    a, s = math.sqrt(a_bar), math.sqrt(1 - a_bar)
+    c = 1 / math.sqrt(a_bar + (1 - a_bar) / k)
+    p, p_low = model(x, t), model(c * (ref.D(x, fr) + s * zeta), hand_tau(t, k, "exact"))
+    coeffs = (torch.tensor(v, dtype=F64) for v in (a, s, c))
+    r, q = (float(v) for v in guidance_coefficients(prediction, *coeffs, k))
+    a_low = {  # ∂p/∂x at the low input, whose coefficients are (c·a, c·s/√k)
+        "epsilon": math.sqrt(k) / (c * s),
+        "sample": 0.0,
+        "flow": math.sqrt(k) / (c * s),
+        "v_prediction": math.sqrt(k) * a / s,
+    }[prediction]
+    z = -r * c * a_low * s
+    expected = p + 1.3 * ref.U(r * p_low - ref.D(p, fr) + q * ref.D(x, fr) + z * zeta, fr)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    prediction=st.sampled_from(PREDICTIONS),
+    flow=st.booleans(),
+    frac=st.floats(0.05, 0.95),
+    factors=st.sampled_from([("3/2", "3/2"), ("4/3", "5/4"), (2, "3/2")]),
+)
+def test_the_top_up_term_takes_the_top_up_noise_back_out(prediction, flow, frac, factors):
+    """A low model whose x0 estimate does not depend on its input's noise gives the same guided
+    prediction for any ζ: z·ζ cancels exactly what ζ puts into r·p_low (every prediction)."""
+    schedule = FlowSchedule() if flow else SD
+    t = frac if flow else float(round(999 * frac))
+    guide = UpsampleGuidance(schedule, factors, 1.0, prediction, "exact")
+    x = torch.randn(2, 1, 12, 60, generator=torch.Generator().manual_seed(1), dtype=F64)
+    prepared = guide.prepare(x, t)
+    coeffs = guide._coefficients_for(t, None, x)
+    x0_low = torch.randn(prepared.x_down.shape, dtype=F64)
+    pred = torch.randn_like(x)
+    a, s = (float(v) for v in schedule.coefficients(torch.tensor(t, dtype=F64)))
+    low_a, low_s = coeffs.c * a, coeffs.c * s / math.sqrt(float(guide.k))
+    results = []
+    for seed in (0, 1):
+        gen = torch.Generator().manual_seed(seed)
+        zeta = torch.randn(prepared.x_down.shape, generator=gen, dtype=F64)
+        x_low = coeffs.c * (prepared.x_down + coeffs.noise * zeta)
+        p_low = x0_to_prediction(x0_low, x_low, low_a, low_s, prediction)
+        top_up = prepared._replace(x_low=x_low, top_up=coeffs.z * zeta)
+        results.append(guide.finish(top_up, pred, p_low))
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-9)
+
+
+def test_top_up_noise_is_one_per_sample_per_trajectory():
+    """ζ is drawn at a trajectory's first call and kept while the noise level falls; a rise (a
+    new run) draws again from the new first input, so a rerun from the same noise gets the same
+    ζ, rows with equal inputs share one, and other noise gets another."""
+    guide = UpsampleGuidance(FlowSchedule(time_scale=1000.0), "3/2", 1.0, "flow")
+    model = Model(1)
+    x = torch.randn(3, 1, 12, 12, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x[1] = x[0]  # the two halves of classifier-free guidance
+    zetas = []
+    for t in (900.0, 900.0, 500.0, 100.0):
+        xt = x * (1 + t / 1e4)
+        guide.apply(model(xt, t), model, xt, t)
+        zetas.append(guide.top_up._state[2])
+    assert all(z is zetas[0] for z in zetas)
+    assert torch.equal(zetas[0][0], zetas[0][1]) and not torch.equal(zetas[0][0], zetas[0][2])
+    xt = x * 1.09
+    guide.apply(model(xt, 900.0), model, xt, 900.0)  # a rerun from the same noise
+    assert guide.top_up._state[2] is not zetas[0]
+    assert torch.equal(guide.top_up._state[2], zetas[0])
+    guide.apply(model(-x, 900.0), model, -x, 900.0)  # the same level, no rise: kept
+    assert torch.equal(guide.top_up._state[2], zetas[0])
+    guide.top_up.reset()
+    guide.apply(model(-x, 900.0), model, -x, 900.0)  # reset: drawn from this input
+    assert not torch.equal(guide.top_up._state[2], zetas[0])
+
+
+@pytest.mark.parametrize("ratio_noise", ["whiten", "plain"])
+def test_integer_factors_ignore_ratio_noise_bit_for_bit(ratio_noise):
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=F64)
+    model = Model(3)
+    default = UpsampleGuidance(SD, 2, 1.0).wrap(model)(x, 500)
+    other = UpsampleGuidance(SD, 2, 1.0, ratio_noise=ratio_noise).wrap(model)(x, 500)
+    assert torch.equal(other, default)
+    assert UpsampleGuidance(SD, 2, 1.0).prepare(x, 500).top_up is None
+
+
+def test_ratio_noise_is_checked():
+    allowed = r"ratio_noise must be one of \('top-up', 'whiten', 'plain'\), got 'white'"
+    with pytest.raises(ValueError, match=allowed):
+        UpsampleGuidance(SD, "3/2", 1.0, ratio_noise="white")

@@ -23,6 +23,9 @@ _EXPORTS = {
     "MIXED_TIMES": "config",
     "UpsampleGuidanceConfig": "config",
     "UpsampleGuidance": "guidance",
+    "TopUpNoise": "guidance",
+    "RATIO_NOISE": "config",
+    "top_up_noise": "operators",
     "pool_time_map": "guidance",
     "upsample_guidance": "guidance",
     "block_size": "factors",
@@ -49,6 +52,8 @@ _EXPORTS = {
 __all__ = [
     "BELOW_RANGE",
     "MIXED_TIMES",
+    "RATIO_NOISE",
+    "TopUpNoise",
     "UpsampleGuidanceConfig",
     "parse_factors",
     "pool_time_map",
@@ -69,16 +74,23 @@ __all__ = [
     "normalize_prediction",
     "prediction_to_x0",
     "step_scale",
+    "top_up_noise",
     "upsample",
     "upsample_guidance",
     "x0_to_prediction",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
-    from .config import BELOW_RANGE, MIXED_TIMES, TIME_MATCHING, UpsampleGuidanceConfig
+    from .config import (
+        BELOW_RANGE,
+        MIXED_TIMES,
+        RATIO_NOISE,
+        TIME_MATCHING,
+        UpsampleGuidanceConfig,
+    )
     from .factors import block_size, check_divisible, normalize_factors, parse_factors
-    from .guidance import UpsampleGuidance, pool_time_map, upsample_guidance
-    from .operators import downsample, unwhiten, upsample, whiten
+    from .guidance import TopUpNoise, UpsampleGuidance, pool_time_map, upsample_guidance
+    from .operators import downsample, top_up_noise, unwhiten, upsample, whiten
     from .parameterizations import (
         PREDICTIONS,
         guidance_coefficients,

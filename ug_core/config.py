@@ -24,6 +24,7 @@ __all__ = [
     "DEVICE_TIME",
     "MIXED_TIMES",
     "MICRO_CONDITIONING",
+    "RATIO_NOISE",
 ]
 
 #: The time-matching modes: ``"nearest"`` (the paper's appendix A: the nearest schedule entry),
@@ -47,6 +48,13 @@ DEVICE_TIME = ("compute", "read")
 #: ``"error"`` refuses it, ``"max"`` takes the noisiest, ``"min"`` the cleanest, ``"mean"`` the
 #: mean of the block's times.
 MIXED_TIMES = ("error", "max", "min", "mean")
+
+#: What a ratio factor (p/q) does about the uneven noise of ``D[x]`` (its covariance is ``s²·DDᵀ``,
+#: not ``s²·I/k``; ``docs/maths.md`` §13): ``"top-up"`` adds noise ζ ~ N(0, I/k − DDᵀ), drawn once
+#: per sample for the whole trajectory, to the low call's input and takes it out of the result
+#: (exact for an exact model); ``"whiten"`` feeds ``W·D[x]`` with ``W = (k·DDᵀ)^(-1/2)`` and
+#: unwhitens the prediction; ``"plain"`` uses ``D[x]`` with the mean k. Integer factors: all one.
+RATIO_NOISE = ("top-up", "whiten", "plain")
 
 #: ``micro_conditioning`` values: ``"low"`` (the low-resolution call's size conditioning describes
 #: the low-resolution image it sees; default) or ``"high"`` (it gets the high-resolution values).
@@ -88,6 +96,8 @@ class UpsampleGuidanceConfig:
     """How a time map's differing times inside one block combine (one of :data:`MIXED_TIMES`)."""
     micro_conditioning: str = "low"
     """The low call's size conditioning (SDXL, PixArt-α): of the low image, or kept (adapters)."""
+    ratio_noise: str = "top-up"
+    """How a ratio factor evens out the noise of ``D[x]`` (one of :data:`RATIO_NOISE`)."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -108,6 +118,7 @@ class UpsampleGuidanceConfig:
         _choice(self.device_time, "device_time", DEVICE_TIME)
         _choice(self.mixed_times, "mixed_times", MIXED_TIMES)
         _choice(self.micro_conditioning, "micro_conditioning", MICRO_CONDITIONING)
+        _choice(self.ratio_noise, "ratio_noise", RATIO_NOISE)
         if not isinstance(self.match_power, bool):
             raise TypeError(f"match_power must be a bool, got {self.match_power!r}")
 

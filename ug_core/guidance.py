@@ -22,8 +22,8 @@ from .config import (
     resolve_config,
 )
 from .factors import block_size, check_divisible, format_factors
-from .operators import downsample, unwhiten, upsample, whiten
-from .parameterizations import guidance_coefficients, normalize_prediction
+from .operators import downsample, top_up_noise, unwhiten, upsample, whiten
+from .parameterizations import guidance_coefficients, normalize_prediction, top_up_coefficient
 from .scales import ScaleLike, weights_at
 from .schedules import DiscreteSchedule, Schedule, as_device_times, as_times
 
@@ -34,6 +34,7 @@ __all__ = [
     "DEVICE_TIME",
     "MIXED_TIMES",
     "LowResInputs",
+    "TopUpNoise",
     "pool_time_map",
 ]
 
@@ -77,23 +78,25 @@ def upsample_guidance(
     r: Coefficient,
     q: Coefficient,
     factors: Sequence[Any],
+    top_up: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The guided prediction ``p + U[w·(r·W⁻¹p_low − D[p] + q·D[x])]`` (Eq. 10 for ε).
+    """The guided prediction ``p + w·U[r·p_low − D[p] + q·D[x] (+ z·ζ)]`` (Eq. 10 for ε).
 
     ``pred`` is the model's prediction at the high resolution, ``pred_low`` its prediction on the
-    low-resolution input ``c·W[D[x]]`` (W, :func:`~ug_core.operators.whiten`, is the identity for
-    integer factors, and then this is ``p + w·U[r·p_low − D[p] + q·D[x]]``; for ε, ``r = 1/√k``
-    and ``q = 0``), ``x_down = D[x]`` the area mean of the noisy input, and ``weight``, ``r``,
-    ``q`` are floats, one value per batch element, or maps at the low resolution, on the host or
-    on ``pred``'s device (:func:`ug_core.parameterizations.guidance_coefficients`). Where w is 0
-    the prediction is kept. Half-precision inputs are combined in float32; the result has
-    ``pred``'s dtype and device.
+    low-resolution input ``c·D[x]`` (for ε, ``r = 1/√k`` and ``q = 0``), ``x_down = D[x]`` the
+    area mean of the noisy input, and ``weight``, ``r``, ``q`` are floats, one value per batch
+    element, or maps at the low resolution, on the host or on ``pred``'s device
+    (:func:`ug_core.parameterizations.guidance_coefficients`). ``top_up``: for a ratio factor
+    whose low input was topped up to ``c·(D[x] + s·ζ)``, the term ``z·ζ`` that takes ζ back out
+    (:func:`ug_core.parameterizations.top_up_coefficient`). Where w is 0 the prediction is kept.
+    Half-precision inputs are combined in float32; the result has ``pred``'s dtype and device.
     """
     work = torch.float32 if pred.dtype in _HALF else pred.dtype
     p = pred.to(work)
-    low = unwhiten(pred_low.to(work), factors)
+    low = pred_low.to(work)
     w, r, q = (_broadcastable(v, low) for v in (weight, r, q))
-    delta = w * (r * low - downsample(p, factors) + q * x_down.to(work))
+    inner = r * low - downsample(p, factors) + q * x_down.to(work)
+    delta = w * (inner if top_up is None else inner + top_up.to(work))
     if isinstance(w, torch.Tensor):  # elements with w = 0 keep the plain prediction
         delta = torch.where(w != 0, delta, 0.0)
     return (p + upsample(delta, factors)).to(pred.dtype)
@@ -138,9 +141,11 @@ class Prepared(NamedTuple):
     x_down: torch.Tensor
     """D[x]: the area mean of the noisy input."""
     x_low: torch.Tensor
-    """The low-resolution input ``c·W[D[x]]``."""
+    """The low-resolution input ``c·D[x]`` (a ratio factor: plus ``c·s·ζ``, or whitened)."""
     x_shape: tuple[int, ...]
     """The shape of x (and of the prediction)."""
+    top_up: torch.Tensor | None = None
+    """``z·ζ``, the kernel's top-up term (ratio factors with ``ratio_noise="top-up"``), or None."""
 
 
 class Entry(NamedTuple):
@@ -153,6 +158,8 @@ class Entry(NamedTuple):
     r: float
     q: float
     below: bool
+    noise: float
+    z: float
 
 
 class Coefficients(NamedTuple):
@@ -167,6 +174,47 @@ class Coefficients(NamedTuple):
     integral: bool
     shape: tuple[int, ...] = ()
     """The shape of the times: t's, or for a time map that of the map at the low resolution."""
+    noise: Coefficient = 0.0
+    """s at t: the top-up noise's coefficient in ``D[x] + s·ζ`` (ratio factors)."""
+    z: Coefficient = 0.0
+    """The top-up term's coefficient in the kernel (:func:`top_up_coefficient`)."""
+
+
+class TopUpNoise:
+    """The top-up noise ζ of one sampling run (ratio factors), shared by the guides that sample it.
+
+    ζ ~ N(0, I/k − DDᵀ) (:func:`~ug_core.operators.top_up_noise`) is drawn once per sample and
+    kept for the whole trajectory: then ``D[x] + s·ζ`` carries white noise of variance ``s²/k``
+    at every step, as the trained-size sampler's input does, and the kernel takes ζ back out. A
+    fresh ζ at every call is not exact (``docs/maths.md`` §13). A new run is recognised when the
+    noise level rises (or the shape changes); :meth:`reset` starts one explicitly. Each sample's
+    ζ is seeded from its own first input, so a run is reproducible from its initial noise and
+    rows with equal inputs (the two halves of classifier-free guidance) share ζ.
+    """
+
+    def __init__(self) -> None:
+        self._state: tuple[tuple, float, torch.Tensor] | None = None
+
+    def reset(self) -> None:
+        """Forget ζ: the next call starts a new trajectory."""
+        self._state = None
+
+    def draw(
+        self, x: torch.Tensor, low_shape: tuple[int, ...], level: float, factors: Sequence[Any]
+    ) -> torch.Tensor:
+        """ζ of the trajectory ``x`` is on, at time fraction ``level`` (float64, x's device)."""
+        key = (tuple(low_shape), x.device)
+        state = self._state
+        if state is None or state[0] != key or level > state[1]:
+            head = x.detach().reshape(x.shape[0], -1)[:, :64].to("cpu", torch.float64)
+            rows = []
+            for row in head.tolist():  # one host read per trajectory
+                gen = torch.Generator().manual_seed(hash(tuple(row)) & (2**63 - 1))
+                rows.append(torch.randn(low_shape[1:], generator=gen, dtype=torch.float64))
+            zeta = top_up_noise(torch.stack(rows), factors).to(x.device)
+            state = (key, level, zeta)
+        self._state = (key, level, state[2])
+        return state[2]
 
 
 def _check_prediction(pred: Any) -> None:
@@ -282,6 +330,7 @@ class UpsampleGuidance:
         *,
         config: UpsampleGuidanceConfig | None = None,
         branch_parallel: Any = None,
+        top_up: TopUpNoise | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(schedule, Schedule):
@@ -302,6 +351,8 @@ class UpsampleGuidance:
         self.time_matching = config.time_matching
         self.below_range = config.below_range
         self._memo: dict[float, Entry] = {}
+        self.top_up = top_up if top_up is not None else TopUpNoise()
+        self._ratio = not all(isinstance(f, int) for f in self.factors)
         if branch_parallel is None:
             self.exchange: Local | BranchParallel = Local()
         elif isinstance(branch_parallel, BranchParallel):
@@ -412,10 +463,17 @@ class UpsampleGuidance:
             t_low = _time_like(coeffs.tau, t, coeffs.integral, coeffs.shape)
         x_down = downsample(x, self.factors)
         work = torch.float32 if x.dtype in _HALF else x.dtype
-        low = whiten(x_down.to(work), self.factors)
+        low, top_up = x_down.to(work), None
+        if self._ratio and self.config.ratio_noise == "whiten":
+            low = whiten(low, self.factors)
+        elif self._ratio and self.config.ratio_noise == "top-up":
+            level = self._noise_level(t, host_time)
+            zeta = self.top_up.draw(x, tuple(x_down.shape), level, self.factors).to(work)
+            low = low + _broadcastable(coeffs.noise, low) * zeta
+            top_up = _broadcastable(coeffs.z, low) * zeta
         x_low = (low * _broadcastable(coeffs.c, low)).to(x.dtype)
         x_low = self.exchange.low_input(x_low)
-        return Prepared(coeffs.w, t_low, coeffs.r, coeffs.q, x_down, x_low, tuple(x.shape))
+        return Prepared(coeffs.w, t_low, coeffs.r, coeffs.q, x_down, x_low, tuple(x.shape), top_up)
 
     def low_call(
         self,
@@ -454,14 +512,31 @@ class UpsampleGuidance:
                 f"the model's prediction has shape {tuple(pred.shape)}, but x has shape "
                 f"{prepared.x_shape}; guidance needs a prediction shaped like its input"
             )
+        if self._ratio and self.config.ratio_noise == "whiten":
+            pred_low = unwhiten(pred_low, self.factors)
         return upsample_guidance(
-            pred, pred_low, prepared.x_down, prepared.w, prepared.r, prepared.q, self.factors
+            pred,
+            pred_low,
+            prepared.x_down,
+            prepared.w,
+            prepared.r,
+            prepared.q,
+            self.factors,
+            prepared.top_up,
         )
 
     # ------------------------------------------------------------------ times and coefficients
     def _map(self, t: torch.Tensor) -> torch.Tensor:
         """A time map pooled to the low resolution (see :func:`pool_time_map`)."""
         return pool_time_map(t, self.factors, self.config.mixed_times)
+
+    def _noise_level(self, t: Any, host_time: Any) -> float:
+        """The noisiest time fraction of this call (a device time is read: one sync per call)."""
+        if host_time is not None:
+            times = as_times(host_time, "host_time")
+        else:
+            times = as_times(t) if _host_readable(t) else as_device_times(t)
+        return float(self.schedule.time_fraction(times).max())
 
     def _coefficients_for(self, t: Any, host_time: Any, x: torch.Tensor) -> Coefficients | None:
         """The coefficients of this call, or None where w == 0 everywhere (known on the host).
@@ -498,7 +573,8 @@ class UpsampleGuidance:
         c = match.scale if self.config.match_power else torch.ones_like(match.scale)
         a, s = self.schedule.coefficients(times)
         r, q = guidance_coefficients(self.prediction, a, s, c, self.k)
-        return Coefficients(w, match.time, c, r, q, match.below, False)
+        z = top_up_coefficient(self.prediction, a, s, c, self.k, r)
+        return Coefficients(w, match.time, c, r, q, match.below, False, (), s, z)
 
     def precompute(self, times: Any) -> None:
         """Compute the guidance's values at these host times (model unit) once, for later calls.
@@ -517,6 +593,7 @@ class UpsampleGuidance:
         coeffs = self._compute(times)
         integral = coeffs.tau == coeffs.tau.round()
         columns = (coeffs.w, coeffs.tau, integral, coeffs.c, coeffs.r, coeffs.q, coeffs.below)
+        columns += (coeffs.noise, coeffs.z)
         for value, *entry in zip(times.tolist(), *(v.tolist() for v in columns), strict=True):
             self._memo[value] = Entry(*entry)
 
@@ -551,11 +628,11 @@ class UpsampleGuidance:
         integral = all(e.integral for e in entries)
         if len(entries) == 1:
             e = entries[0]
-            return Coefficients(e.w, e.tau, e.c, e.r, e.q, e.below, integral)
-        rows = torch.tensor([self._memo[v][:6] for v in flat], dtype=torch.float64)
-        cols = (rows[:, i].reshape(times.shape) for i in (0, 1, 3, 4, 5))
-        w, tau, c, r, q = cols
-        return Coefficients(w, tau, c, r, q, False, integral)
+            return Coefficients(e.w, e.tau, e.c, e.r, e.q, e.below, integral, (), e.noise, e.z)
+        rows = torch.tensor([self._memo[v] for v in flat], dtype=torch.float64)
+        cols = (rows[:, i].reshape(times.shape) for i in (0, 1, 3, 4, 5, 7, 8))
+        w, tau, c, r, q, noise, z = cols
+        return Coefficients(w, tau, c, r, q, False, integral, (), noise, z)
 
     def wrap(
         self, model: Callable[..., torch.Tensor], low_res_inputs: LowResInputs | None = None

@@ -10,6 +10,9 @@ Both act on the trailing ``len(factors)`` axes of a tensor, by factors that may 
   fine cells it covers, weighted by the overlap), and U its natural right inverse
   ``Dᵀ(DDᵀ)⁻¹``: ``D(U(y)) = y`` and ``U∘D`` is the orthogonal projector onto what D keeps. Blocks
   of p fine cells map to q coarse ones, so both act on each block alone.
+- :func:`top_up_noise`: ζ ~ N(0, I/k − DDᵀ), the noise that makes ``D[ε] + ζ`` white with
+  variance 1/k (``DDᵀ``'s largest eigenvalue is 1/k, so ``I/k − DDᵀ`` is a covariance); 0 for
+  integer factors.
 - :func:`whiten` and :func:`unwhiten`: ``W = (k·DDᵀ)^(-1/2)`` and its inverse. For a ratio,
   ``D[ε]`` of white noise ε has covariance ``DDᵀ``, which is not ``I/k`` (neighbours that share
   a fine cell are correlated, and the variance differs between coarse cells); ``W·D[ε]`` is
@@ -36,6 +39,7 @@ __all__ = [
     "upsample",
     "whiten",
     "unwhiten",
+    "top_up_noise",
     "check_divisible",
 ]
 
@@ -101,6 +105,40 @@ def unwhiten(y: torch.Tensor, factors: object) -> torch.Tensor:
     """W⁻¹ = ``(k·DDᵀ)^(1/2)``, the inverse of :func:`whiten`; ``y`` itself for integer factors."""
     factors = normalize_factors(factors)
     return y if _integral(factors) else _per_axis(y, factors, "unwhiten")
+
+
+def top_up_noise(normal: torch.Tensor, factors: object) -> torch.Tensor:
+    """ζ = ``(I/k − DDᵀ)^(1/2)·n``: the top-up noise made from standard normal ``normal`` (coarse).
+
+    ``D[ε] + ζ`` is white with variance 1/k (ε white, ζ independent of it): the noise of an
+    integer factor's block mean. Zeros for integer factors. Computed in float64 block by block
+    (``∏q`` coarse cells per block); the result has ``normal``'s dtype and device.
+    """
+    factors = normalize_factors(factors)
+    if _integral(factors):
+        return torch.zeros_like(normal)
+    q = tuple(Fraction(f).denominator for f in factors)
+    check_divisible(normal.shape, q, "the coarse tensor (a factor p/q needs multiples of q)")
+    root = torch.as_tensor(_top_up_root(factors), device=normal.device)
+    d = len(factors)
+    low, _, split = _patterns(d)
+    blocked = " ".join(f"(h{i} f{i})" for i in range(d))
+    sizes = {f"f{i}": n for i, n in enumerate(q)}
+    cells = " ".join(f"f{i}" for i in range(d))
+    blocks = rearrange(normal.double(), f"... {blocked} -> ... {low} ({cells})", **sizes)
+    mixed = blocks @ root.T
+    return rearrange(mixed, f"... {low} ({cells}) -> ... {blocked}", **sizes).to(normal.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _top_up_root(factors: tuple[Factor, ...]) -> np.ndarray:
+    """``(I/k − DDᵀ)^(1/2)`` over one block of ``∏q`` coarse cells (row-major), float64."""
+    down = np.ones((1, 1))
+    for f in factors:
+        down = np.kron(down, axis_matrices(f)["down"])
+    gap = np.eye(len(down)) / float(block_size(factors)) - down @ down.T
+    values, vectors = np.linalg.eigh(gap)
+    return (vectors * np.sqrt(values.clip(min=0.0))) @ vectors.T
 
 
 def _integral(factors: Sequence[Factor]) -> bool:

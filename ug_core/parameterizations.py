@@ -29,6 +29,7 @@ __all__ = [
     "prediction_to_x0",
     "x0_to_prediction",
     "guidance_coefficients",
+    "top_up_coefficient",
 ]
 
 #: The prediction names, as diffusers spells them, plus ``"flow"``.
@@ -98,3 +99,27 @@ def guidance_coefficients(
     r = (a + s) / (rk * a + s)
     q = -(1.0 - 1.0 / rk) / (a + s / rk)
     return r, q
+
+
+def top_up_coefficient(
+    prediction: str,
+    a: torch.Tensor,
+    s: torch.Tensor,
+    scale: torch.Tensor,
+    k: float,
+    r: torch.Tensor,
+) -> torch.Tensor:
+    """z of the top-up term ``+ w·U[z·ζ]``: what noise ζ added to the low input puts in ``r·p_low``.
+
+    The low call gets ``c·(D[x] + s·ζ)`` (ratio factors, ``docs/maths.md`` §13); ``r·p_low +
+    q·D[x]`` then holds ``r·c·A(c·a, c·s/√k)·s·ζ`` more than the trajectory's own coarse
+    prediction (``p = A·x + B·x0``), and ``z = −r·c·A(c·a, c·s/√k)·s`` takes it out: ``−r·√k``
+    for ε and flow, ``−r·c·a·√k`` for v, 0 for x0 (finite at both ends of the schedule).
+    """
+    prediction = normalize_prediction(prediction)
+    rk = math.sqrt(k)
+    if prediction == "sample":
+        return torch.zeros_like(a)
+    if prediction == "v_prediction":
+        return -r * scale * a * rk
+    return -r * rk + torch.zeros_like(a)

@@ -11,7 +11,8 @@
 ``pipe.unet`` or ``pipe.transformer`` (and Wan 2.2's ``pipe.transformer_2``) is hooked; each
 supported family of denoisers has a small translator in :mod:`.families` (see
 :func:`supported_classes`), and the shared plumbing is in :mod:`.hooks`. For a bare denoiser and
-scheduler in your own loop, use :func:`guided_denoiser`. The options are an
+scheduler in your own loop, use :func:`guided_denoiser`; for a denoiser class of your own,
+write a :class:`Family` and :func:`register_family` it (``docs/families.md``). The options are an
 :class:`~ug_core.UpsampleGuidanceConfig` (``config=``) or its fields as keyword arguments. How
 and why: ``docs/design.md``. Importing this package imports no diffusers.
 """
@@ -27,7 +28,15 @@ from ...branch import BranchParallel
 from ...config import UpsampleGuidanceConfig, resolve_config
 from ...factors import parse_factors
 from ...scales import ScaleLike
-from .families import FAMILIES, MICRO_CONDITIONING, Family, family_of, supported_classes
+from .families import (
+    FAMILIES,
+    MICRO_CONDITIONING,
+    Call,
+    Family,
+    family_of,
+    register_family,
+    supported_classes,
+)
 from .hooks import (
     HostTimeWarning,
     Session,
@@ -47,12 +56,15 @@ from .hooks import (
 __all__ = [
     "DENOISERS",
     "FAMILIES",
+    "Call",
+    "Family",
     "MICRO_CONDITIONING",
     "GuidedDenoiser",
     "HostTimeWarning",
     "apply_upsample_guidance",
     "guided_denoiser",
     "is_upsample_guided",
+    "register_family",
     "remove_upsample_guidance",
     "supported_classes",
 ]
@@ -68,6 +80,17 @@ def _denoisers(pipe: Any) -> list[tuple[str, torch.nn.Module]]:
         for name in DENOISERS
         if isinstance(value := getattr(pipe, name, None), torch.nn.Module)
     ]
+
+
+def _family_errors(denoisers: list[tuple[str, torch.nn.Module]]) -> str:
+    """The registry's errors for denoisers without a family, as a sentence to append, or ''."""
+    errors = []
+    for _, module in denoisers:
+        try:
+            family_of(module)
+        except TypeError as err:
+            errors.append(str(err))
+    return "".join(f". {e}" for e in errors)
 
 
 def _config(config: UpsampleGuidanceConfig | None, factors: Any, **options: Any) -> Any:
@@ -109,12 +132,19 @@ def apply_upsample_guidance(
     PixArt and Sana's resolution binning snaps ``request / factors`` to a trained-size bin and
     samples that bin times the factors.
 
-    Raises a TypeError for a pipeline without a supported denoiser (the error lists the
-    families) and a ValueError for invalid options; a size the factors (times the patch size)
-    don't map to a whole trained size raises a ValueError when the pipeline is called, before
-    any model runs, with the nearest sizes that work in pixels.
+    Raises a TypeError for a pipeline the census (:mod:`.census`) lists as unsupported or not
+    applicable (with its reason), or without a supported denoiser (the error lists the
+    families; :func:`register_family` adds your own), and a ValueError for invalid options; a
+    size the factors (times the patch size) don't map to a whole trained size raises a
+    ValueError when the pipeline is called, before any model runs, with the nearest sizes that
+    work in pixels.
     """
     denoisers = _denoisers(pipe)
+    from .census import refusal  # not at import: `python -m ...census` runs it as a script
+
+    refused = refusal(type(pipe))
+    if refused is not None:
+        raise TypeError(f"{refused}{_family_errors(denoisers)}")
     if not denoisers:
         has = [n for n in ("prior", "decoder", "prior_transformer") if getattr(pipe, n, None)]
         extra = f" (it has {', '.join(has)})" if has else ""
@@ -243,7 +273,7 @@ class GuidedDenoiser:
         if guided is None:
             return output
         restore_consumed(named, consumed)
-        return guided.output(output, unhooked_caller(module, self.denoiser))
+        return guided.output(output, unhooked_caller(module, self.denoiser, self.session))
 
 
 #: ``guided_denoiser(denoiser, scheduler, factors, scale, eta=...)`` builds a

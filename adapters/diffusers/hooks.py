@@ -8,6 +8,8 @@
   the end of the pipeline's progress bar), so a pipeline sharing the module is never changed.
 - :class:`GuidedCall` is one guided denoiser call: its plan (family, grid, the core's prepared
   guidance), the low-resolution call and the guided output.
+- :class:`LowCallCaches` keeps what diffusers' cache hooks (``enable_cache``) hold for the low
+  call apart from the high call's: a cache context of its own, or a state object swapped in.
 - :class:`SchedulerClock` tells the time of a call on the host without reading the time tensor:
   from the scheduler's own timesteps (copied to the host once per ``set_timesteps``, before the
   loop) and the index of the current step.
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import inspect
@@ -31,11 +34,19 @@ import torch
 from ...branch import BranchParallel, Local
 from ...config import UpsampleGuidanceConfig
 from ...factors import check_divisible, low_sizes
-from ...guidance import Prepared, UpsampleGuidance
+from ...guidance import Prepared, TopUpNoise, UpsampleGuidance
 from ...operators import downsample
 from .families import Call, Family, family_of
 
-__all__ = ["HookState", "Session", "GuidedCall", "SchedulerClock", "HostTimeWarning", "STATE"]
+__all__ = [
+    "HookState",
+    "Session",
+    "GuidedCall",
+    "SchedulerClock",
+    "LowCallCaches",
+    "HostTimeWarning",
+    "STATE",
+]
 
 #: The attribute of a hooked module that holds its :class:`HookState`.
 STATE = "_upsample_guidance"
@@ -52,14 +63,29 @@ def base_module(module: Any) -> Any:
     return getattr(module, "_orig_mod", module)
 
 
-def output_sample(output: Any) -> torch.Tensor:
-    """The sample tensor of a denoiser output: a BaseOutput, a tuple/list, or a bare tensor."""
+def is_sample(value: Any) -> bool:
+    """Whether ``value`` is a denoiser's sample: a tensor, or a list of tensors (Z-Image's)."""
+    if isinstance(value, (list, tuple)):
+        return len(value) > 0 and all(isinstance(v, torch.Tensor) for v in value)
+    return isinstance(value, torch.Tensor)
+
+
+def sample_device(sample: Any) -> torch.device:
+    """The device of a sample (a tensor, or a list of tensors)."""
+    return sample.device if isinstance(sample, torch.Tensor) else sample[0].device
+
+
+def output_sample(output: Any) -> Any:
+    """The sample of a denoiser output: a BaseOutput, a tuple/list, or a bare tensor.
+
+    The sample is a tensor, or a list of tensors for a model that takes its sample as a list.
+    """
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)):
         return output[0]
     sample = getattr(output, "sample", None)
-    if isinstance(sample, torch.Tensor):
+    if is_sample(sample):
         return sample
     raise TypeError(
         f"the denoiser returned {type(output).__name__}; expected a tensor, a tuple or an "
@@ -147,15 +173,134 @@ def hooks_bypassed(module: torch.nn.Module) -> Iterator[None]:
             state.low_depth -= 1
 
 
-def unhooked_caller(module: torch.nn.Module, target: Callable[..., Any]) -> Callable[..., Any]:
-    """``target(**kwargs, return_dict=False)`` with ``module``'s UG hooks bypassed: the low call."""
+def unhooked_caller(
+    module: torch.nn.Module, target: Callable[..., Any], session: Session
+) -> Callable[..., Any]:
+    """``target(**kwargs, return_dict=False)`` with ``module``'s UG hooks bypassed: the low call.
+
+    diffusers' cache hooks on ``module`` see the low call with state of its own
+    (:class:`LowCallCaches`), so a cache never mixes the two resolutions.
+    """
 
     def low_call(**kwargs: Any) -> Any:
         """One low-resolution denoiser call."""
-        with hooks_bypassed(module):
+        timesteps = getattr(session.scheduler(), "timesteps", None)
+        with hooks_bypassed(module), session.low_caches.swapped(module, timesteps):
             return target(**kwargs, return_dict=False)
 
     return low_call
+
+
+#: The cache-context name of the low-resolution call, after the pipeline's ("cond/" + this).
+LOW_CONTEXT = "upsample-guidance-low"
+
+
+def diffusers_registries(module: torch.nn.Module) -> list[Any]:
+    """The diffusers ``HookRegistry`` of ``module`` and those of its submodules (none: [])."""
+    registry = module.__dict__.get("_diffusers_hook")
+    if registry is None:
+        return []
+    children = getattr(registry, "_get_child_registries", None)
+    if children is not None:
+        return [registry, *children()]
+    return [registry] + [
+        m.__dict__["_diffusers_hook"]
+        for m in module.modules()
+        if m is not module and "_diffusers_hook" in m.__dict__
+    ]
+
+
+def _low_context(context: Any) -> Any:
+    """The low call's ``CacheContext`` for the current one (or None), as diffusers 0.42 keys."""
+    if context is None:
+        from diffusers.hooks.hooks import CacheContext
+
+        return CacheContext(LOW_CONTEXT)
+    return dataclasses.replace(context, name=f"{context.name}/{LOW_CONTEXT}")
+
+
+def _low_context_name(name: str | None) -> str:
+    """The low call's context name for the current one (or None), as older diffusers key it."""
+    return f"{name}/{LOW_CONTEXT}" if name else LOW_CONTEXT
+
+
+class LowCallCaches:
+    """The state diffusers' cache hooks keep for the low-resolution call, apart from the high one's.
+
+    Hooks with a ``StateManager`` (FirstBlockCache, TaylorSeer, MagCache, ...) key their state by
+    cache context: the low call gets a context of its own, named after the current one
+    (``"cond"`` → ``"cond/upsample-guidance-low"``), which diffusers resets with the rest. Hooks
+    with a single ``state`` object (FasterCache, PyramidAttentionBroadcast) get a second object
+    swapped in for the low call, kept for one sampling run (one ``scheduler.timesteps`` tensor).
+    """
+
+    def __init__(self) -> None:
+        self._run: Any = None  # a weak reference to the timesteps of the current run
+        self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # hook -> state
+
+    def _new_run(self, timesteps: Any) -> None:
+        """Start fresh low-call states when the scheduler's timesteps are new (a new run)."""
+        current = self._run() if self._run is not None else None
+        if timesteps is None or current is timesteps:
+            return
+        self._states = weakref.WeakKeyDictionary()
+        try:
+            self._run = weakref.ref(timesteps)
+        except TypeError:
+            self._run = None
+
+    def _state_for(self, hook: Any) -> Any:
+        """The low call's state object of a single-state hook (a fresh one the first time)."""
+        if hook not in self._states:
+            state = hook.state
+            try:
+                fresh = type(state)()
+            except TypeError:  # a state class that needs arguments: a reset copy
+                fresh = copy.copy(state)
+                fresh.reset()
+            self._states[hook] = fresh
+        return self._states[hook]
+
+    @contextlib.contextmanager
+    def swapped(self, module: torch.nn.Module, timesteps: Any) -> Iterator[None]:
+        """Inside, ``module``'s diffusers hooks read and write the low call's state."""
+        registries = diffusers_registries(module)
+        if not registries:
+            yield
+            return
+        self._new_run(timesteps)
+        managers: dict[int, Any] = {}
+        singles: list[Any] = []
+        for registry in registries:
+            for hook in registry.hooks.values():
+                for value in vars(hook).values():
+                    if hasattr(value, "get_state") and hasattr(value, "_state_cache"):
+                        managers.setdefault(id(value), value)
+                state = vars(hook).get("state")
+                if getattr(hook, "_is_stateful", False) and hasattr(state, "reset"):
+                    singles.append(hook)
+        names = [m for m in managers.values() if hasattr(m, "_context")]
+        legacy = [m for m in managers.values() if hasattr(m, "_current_context")]
+        saved = (
+            [m._context for m in names],
+            [m._current_context for m in legacy],
+            [hook.state for hook in singles],
+        )
+        try:
+            for manager, context in zip(names, saved[0], strict=True):
+                manager._context = _low_context(context)
+            for manager, context in zip(legacy, saved[1], strict=True):
+                manager._current_context = _low_context_name(context)
+            for hook in singles:
+                hook.state = self._state_for(hook)
+            yield
+        finally:
+            for manager, context in zip(names, saved[0], strict=True):
+                manager._context = context
+            for manager, context in zip(legacy, saved[1], strict=True):
+                manager._current_context = context
+            for hook, state in zip(singles, saved[2], strict=True):
+                hook.state = state
 
 
 def consumed_copies(family: Family, named: dict) -> dict[str, tuple[list, list]]:
@@ -169,9 +314,9 @@ def consumed_copies(family: Family, named: dict) -> dict[str, tuple[list, list]]
 
 def restore_consumed(named: dict, copies: dict[str, tuple[list, list]]) -> None:
     """Put back the copies of the consumed lists that this call received."""
-    for name, (original, copy) in copies.items():
+    for name, (original, copied) in copies.items():
         if named.get(name) is original:
-            named[name] = copy
+            named[name] = copied
 
 
 class Denoiser(NamedTuple):
@@ -279,6 +424,9 @@ class Session:
         self._guides: dict[tuple, UpsampleGuidance] = {}
         self._guides_scheduler: tuple = ()
         self.warned = False
+        self.low_caches = LowCallCaches()  # diffusers' cache hooks: the low call's own state
+        self.top_up = TopUpNoise()  # a ratio factor's ζ, one per sample per run, shared by the
+        # session's denoisers (Wan 2.2's two transformers sample one trajectory)
 
     # ------------------------------------------------------------------ set-up
     def add_denoiser(self, module: torch.nn.Module, attr: str | None) -> Family:
@@ -305,6 +453,7 @@ class Session:
         """
         self.active += 1
         self.start_order = next(_start_order)
+        self.top_up.reset()
         host = self.clock.prefetch(self.scheduler())
         if host is None or self.config.never_on:
             return
@@ -343,6 +492,7 @@ class Session:
                 prediction=prediction,
                 config=self.config.replace(factors=factors),
                 branch_parallel=self.branch,
+                top_up=self.top_up,
             )
         return self._guides[key]
 
@@ -425,18 +575,19 @@ class Session:
         if guide.never_on:
             return None
         t = named.get(family.time_arg)
-        host_t = self.host_time(family, module, t)
+        per_token = isinstance(t, torch.Tensor) and t.ndim > 1  # a time map: the core reads it
+        host_t = None if per_token else self.host_time(family, module, t)
         if host_t is not None and guide.skips(host_t):
             return None
         sample = named.get(family.sample_arg)
-        if not isinstance(sample, torch.Tensor):
+        if not is_sample(sample):
             raise TypeError(
                 f"the {type(module).__name__} call has no tensor {family.sample_arg!r}: got "
                 f"{type(sample).__name__}"
             )
         call = Call(named, self.pipeline(), module, self.request)
         call.grid = family.grid_of(sample, call)
-        call.batch = sample.shape[0]
+        call.batch = len(sample)
         factors = guide.factors
         patch = family.patch(module)
         what = f"factors {factors} x patch {patch}" if any(p > 1 for p in patch) else "factors"
@@ -446,7 +597,9 @@ class Session:
         call.low_grid = low_sizes(call.grid, factors)
         x = family.to_grid(sample, call)
         noisy = self.noisy(module, family, x.shape[1])
-        prepared = guide.prepare(x[:, :noisy], t, host_time=host_t)
+        if host_t is not None:
+            host_t = family.grid_time(host_t, call)
+        prepared = guide.prepare(x[:, :noisy], family.grid_time(t, call), host_time=host_t)
         if prepared is None:
             return None
         condition = x[:, noisy:] if noisy < x.shape[1] else None
@@ -553,9 +706,10 @@ class HookState:
             restore_consumed(named, self.consumed)
             self.consumed = {}
             guided.call.named = named
-            output = guided.output(output, unhooked_caller(module, session.outer(module)))
-        sample = output_sample(output)
-        session.exchange.share(sample, sample.device)
+            output = guided.output(output, unhooked_caller(module, session.outer(module), session))
+        if session.branch is not None:
+            sample = output_sample(output)
+            session.exchange.share(sample, sample_device(sample))
         return output if guided is not None else None
 
     def low_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -571,9 +725,9 @@ class HookState:
             return forward(module, *args, **kwargs)
         named = bind_arguments(module, args, kwargs)
         guided = session.guided_call(module, named)
-        device = named[session.denoisers[id(module)].family.sample_arg].device
+        device = sample_device(named[session.denoisers[id(module)].family.sample_arg])
         if guided is not None:
-            guided.low_prediction(unhooked_caller(module, session.outer(module)))
+            guided.low_prediction(unhooked_caller(module, session.outer(module), session))
         sample = session.exchange.share(None, device)
         if not named.get("return_dict", True):
             return (sample,)

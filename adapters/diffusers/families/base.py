@@ -201,6 +201,15 @@ class Family:
             )
         return tuple(sample.shape[-axes:])
 
+    def grid_time(self, t: Any, call: Call) -> Any:
+        """The call's time as the core takes it: ``t`` (the model's, or its value on the host).
+
+        A family whose model takes a time per token or per frame returns it as a time map
+        ``(B, 1, *grid)`` (axes of size 1 broadcast); :meth:`low_inputs` turns the low call's
+        map back into the model's layout.
+        """
+        return t
+
     def to_grid(self, sample: torch.Tensor, call: Call) -> torch.Tensor:
         """The sample (or a prediction) as a grid ``(B, C, *grid)``."""
         return sample
