@@ -563,9 +563,9 @@ def testbed_answer_lines(res: dict) -> list[str]:
     return [
         f"- **Within 1.5× of the trained-size sampler?** Integer factors, both forms: yes, UG "
         f"(η = 1) / trained size = {_span(ratios(whole, 'UG η=1'))}. Ratios topped up with one ζ "
-        f"per sample (the library's form, `ratio_noise=\"top-up\"`): yes, "
+        f'per sample (the library\'s form, `ratio_noise="top-up"`): yes, '
         f"{_span(ratios(ratio, top))}, in both forms. Ratios with whitening (the library's first "
-        f"form, now `ratio_noise=\"whiten\"`): no, {_span(ratios(ratio, 'UG η=1'))}, worse "
+        f'form, now `ratio_noise="whiten"`): no, {_span(ratios(ratio, "UG η=1"))}, worse '
         f"than naive sampling ({_span(ratios(ratio, 'UG η=1', 'naive high-res'))} of naive).",
         f"- **Is the flow form as exact as the ε form?** Yes. At η = 1 UG's coarse error over the "
         f"exact high-resolution sampler's is {_span(by_form['flow'])} in flow form and "
