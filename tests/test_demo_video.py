@@ -319,3 +319,17 @@ def test_video_benchmark_smoke(tmp_path):
     assert "## Video proving ground" in report and "### Targets (video)" in report
     assert (tmp_path / "video_temporal.gif").is_file()
     assert (tmp_path / "video_strip_temporal.png").is_file()
+
+
+def test_metrics_refuse_arrays_of_the_wrong_shape():
+    from ug_core.demo.metrics import _to_numpy
+    from ug_core.demo.video_metrics import _as_clips
+
+    assert _as_clips(np.zeros((3, 2, 4, 4))).shape == (1, 3, 2, 4, 4)
+    assert _to_numpy(np.full((3, 4, 4), 2.0)).max() == 1.0  # one image, clipped to [-1, 1]
+    with pytest.raises(ValueError, match=r"clips must have shape \(n, 3, frames, H, W\), got"):
+        _as_clips(np.zeros((2, 1, 4, 4, 4)))
+    with pytest.raises(
+        ValueError, match=r"images must have shape \(n, 3, H, W\), got \(2, 4, 4, 4"
+    ):
+        _to_numpy(np.zeros((2, 4, 4, 4)))

@@ -42,14 +42,17 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 FEATURE_GROUPS = {"layout": slice(0, 22), "texture": slice(22, 36), "geometry": slice(36, 40)}
 
 
-def _to_numpy(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Images (n, 3, H, W) in [-1, 1] as a float64 numpy array, validated."""
+def _to_numpy(
+    images: torch.Tensor | np.ndarray, name: str = "images", axes: str = "H, W"
+) -> np.ndarray:
+    """Images (n, 3, H, W) (or clips, with ``axes`` "frames, H, W") in [-1, 1] as float64."""
     x = images.detach().cpu().double().numpy() if isinstance(images, torch.Tensor) else images
     x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 3:
+    ndim = 2 + len(axes.split(","))
+    if x.ndim == ndim - 1:
         x = x[None]
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"images must have shape (n, 3, H, W), got {x.shape}")
+    if x.ndim != ndim or x.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (n, 3, {axes}), got {x.shape}")
     return np.clip(x, -1.0, 1.0)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .metrics import _background, _components, segment
+from .metrics import _background, _components, _to_numpy, segment
 from .moving_shapes import SPEED_RANGE
 from .shapes import _AREA_FACTOR, CLASSES, MIN_CONTRAST, ShapeParams, _inside
 
@@ -79,13 +79,7 @@ _ANGLES = (
 
 def _as_clips(clips: torch.Tensor | np.ndarray) -> np.ndarray:
     """Clips (n, 3, F, H, W) in [-1, 1] as float64 numpy, validated."""
-    x = clips.detach().cpu().double().numpy() if isinstance(clips, torch.Tensor) else clips
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 4:
-        x = x[None]
-    if x.ndim != 5 or x.shape[1] != 3:
-        raise ValueError(f"clips must have shape (n, 3, frames, H, W), got {x.shape}")
-    return np.clip(x, -1.0, 1.0)
+    return _to_numpy(clips, "clips", "frames, H, W")
 
 
 def classify(alpha: np.ndarray, supersample: int | None = None) -> tuple[int, float]:
