@@ -311,22 +311,41 @@ class HunyuanVideo15(HunyuanVideo):
         return super().grid_of(sample, call)
 
 
-class CogVideoX(Family):
-    """CogVideoX (``CogVideoXTransformer3DModel``): ``(B, F, C, H, W)``, VP, v-prediction.
+class RopeVideo(Family):
+    """A video transformer whose pipeline computes rotary embeddings for the whole grid.
 
-    The pipeline computes rotary embeddings for the whole grid; the low call gets those of the
-    low grid, from the pipeline's own ``_prepare_rotary_positional_embeddings``.
+    ``(patch_size_t or 1, patch_size, patch_size)``; the low call gets the embeddings of the low
+    grid, from the pipeline's own ``_prepare_rotary_positional_embeddings`` (``rope_pipeline``).
     """
 
-    name = "CogVideoX"
-    classes = ("CogVideoXTransformer3DModel",)
     video = True
-    predictions = ("v_prediction", "epsilon", "sample")
+    rope_pipeline = ""
+    """The pipeline class whose method computes the embeddings."""
+    rope_batch = False
+    """Whether that method takes the batch size first (Allegro's)."""
 
     def patch(self, module: torch.nn.Module) -> tuple[int, ...]:
         """``(patch_size_t or 1, patch_size, patch_size)``."""
         p, pt = module.config.patch_size, getattr(module.config, "patch_size_t", None) or 1
         return (pt, p, p)
+
+    def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
+        """Rotary embeddings of the low grid."""
+        if low.get("image_rotary_emb") is None:
+            return
+        frames, height, width = call.low_grid
+        sizes = ((call.batch,) if self.rope_batch else ()) + (height, width, frames)
+        device = low[self.sample_arg].device
+        low["image_rotary_emb"] = pipeline_rope(self.rope_pipeline, call, *sizes, device)
+
+
+class CogVideoX(RopeVideo):
+    """CogVideoX (``CogVideoXTransformer3DModel``): ``(B, F, C, H, W)``, VP, v-prediction."""
+
+    name = "CogVideoX"
+    classes = ("CogVideoXTransformer3DModel",)
+    rope_pipeline = "CogVideoXPipeline"
+    predictions = ("v_prediction", "epsilon", "sample")
 
     def grid_of(self, sample: torch.Tensor, call: Call) -> tuple[int, ...]:
         """``(F, H, W)`` of a frames-first sample."""
@@ -344,16 +363,6 @@ class CogVideoX(Family):
     def from_grid(self, grid: torch.Tensor, call: Call) -> torch.Tensor:
         """``(B, C, F, H, W)`` to ``(B, F, C, H, W)``."""
         return grid.transpose(1, 2)
-
-    def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
-        """Rotary embeddings of the low grid."""
-        if low.get("image_rotary_emb") is None:
-            return
-        frames, height, width = call.low_grid
-        device = low[self.sample_arg].device
-        low["image_rotary_emb"] = pipeline_rope(
-            "CogVideoXPipeline", call, height, width, frames, device
-        )
 
 
 def pipeline_rope(pipeline: str, call: Call, *sizes: Any) -> Any:
@@ -669,32 +678,13 @@ class Latte(Family):
         return t
 
 
-class Allegro(Family):
-    """Allegro (``AllegroTransformer3DModel``): ``(B, C, F, H, W)``, VP, timestep index.
-
-    The pipeline computes rotary embeddings for the whole grid; the low call gets those of the
-    low grid, from the pipeline's own ``_prepare_rotary_positional_embeddings``.
-    """
+class Allegro(RopeVideo):
+    """Allegro (``AllegroTransformer3DModel``): ``(B, C, F, H, W)``, VP, timestep index."""
 
     name = "Allegro"
     classes = ("AllegroTransformer3DModel",)
-    video = True
+    rope_pipeline, rope_batch = "AllegroPipeline", True
     predictions = ("epsilon", "v_prediction", "sample")
-
-    def patch(self, module: torch.nn.Module) -> tuple[int, ...]:
-        """``(patch_size_t, patch_size, patch_size)``."""
-        p, pt = module.config.patch_size, module.config.patch_size_t
-        return (pt, p, p)
-
-    def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
-        """Rotary embeddings of the low grid."""
-        if low.get("image_rotary_emb") is None:
-            return
-        frames, height, width = call.low_grid
-        device = low[self.sample_arg].device
-        low["image_rotary_emb"] = pipeline_rope(
-            "AllegroPipeline", call, call.batch, height, width, frames, device
-        )
 
 
 class EasyAnimate(Family):
