@@ -17,18 +17,19 @@ import sys
 
 import ug_core.cli as cli
 import ug_core.demo.model as demo_model
+import ug_core.demo.report as report
 
 fault, faulty_rank, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 if int(os.environ.get("RANK", "0")) == faulty_rank:
     if fault == "kill-writing":
-        save = cli._save_outputs
+        save = report.save_outputs
 
         def _save_outputs(*args, **kwargs):
             path = save(*args, **kwargs)
             os.kill(os.getpid(), signal.SIGKILL)
             return path
 
-        cli._save_outputs = _save_outputs
+        report.save_outputs = _save_outputs
     else:
         generate = demo_model.generate
 

@@ -226,13 +226,19 @@ ERRORS = [
     (["--factor", "1.3"], 2, "the nearest such ratio is 9/7"),
     (["--factor", "1.5", "--size", "50"], 2, "(50 % 3 = 2: use 48 or 51)"),
     (["--factor", "5/3"], 2, "--factor 5/3x5/3 takes the trained size 32x32 to 160/3x160/3 pixels"),
-    (["--model", "latent-flow", "--factor", "1.5"], 2, "does not take fractional factors yet"),
     (
-        ["--model", "video", "--factor", "1x3/2x3/2"],
+        ["--model", "latent-flow", "--factor", "3/2", "--size", "54"],
         2,
-        "--model video samples through the diffusers",
+        "(the pipeline needs multiples of 4 at both sizes, so of 4 × p for --factor p/q) has "
+        "sizes (54, 54) that the factors (3/2, 3/2) x unit (4, 4) do not map to whole sizes "
+        "(54 % 12 = 6: use 48 or 60)",
     ),
-    (["--pipeline", "{root}/sd", "--prompt", "x", "--factor", "5/4"], 2, "--pipeline samples"),
+    (["--model", "video", "--factor", "1x3/2x3/2"], 2, "--model video takes integer factors"),
+    (
+        ["--pipeline", "{root}/sd", "--prompt", "x", "--factor", "5/4"],
+        2,
+        "the trained size 16x16 × --factor 5/4x5/4 = 20x20 (the pipeline needs multiples of 8",
+    ),
     (["--device", "cuda:99"], 2, "--device cuda:99: this machine has"),
     (["--device", "foo"], 2, "--device 'foo' is not a torch device (e.g. cpu, cuda, cuda:1, mps)"),
     (["--scale", "nan"], 2, "--scale"),
@@ -344,7 +350,7 @@ sys.exit(rc)
         (["sample", "--out", "{tmp}/a_file/out"], "is a file, not a folder"),
         (["sample", "--out", "/proc/ug-out"], "is not writable"),
         (["sample", "--factor", "1.5", "--size", "50"], "(50 % 3 = 2: use 48 or 51)"),
-        (["sample", "--model", "video", "--factor", "1.5"], "not take fractional factors yet"),
+        (["sample", "--model", "video", "--factor", "1.5"], "video takes integer factors"),
         (["sample", "--pipeline", "p"], "--pipeline needs --prompt TEXT"),
     ],
 )
@@ -494,6 +500,25 @@ def test_fractional_factor(factor, side, spelled, tmp_path, capsys):
     rc, _, err = _run(["sample", *FAST, "--factor", spelled, "--out", str(tmp_path / "b")], capsys)
     assert rc == 0, err
     assert (tmp_path / "b" / "ug-seed0.png").read_bytes() == ug
+
+
+@pytest.mark.parametrize(
+    ("model", "side"), [(["--model", "latent-flow"], 48), (["--pipeline", "sd"], 24)]
+)
+def test_fractional_factor_through_the_diffusers_adapter(model, side, folders, tmp_path, capsys):
+    """--factor 1.5 with the latent-flow model (32x32 → 48x48: 12x12 latents guided towards 8x8)
+    and with a pipeline folder (16x16 → 24x24); UG changes the sample."""
+    if model[0] == "--pipeline":
+        model = ["--pipeline", str(folders / "sd"), "--prompt", "a red disc"]
+    out = tmp_path / "o"
+    rc, stdout, err = _run(["sample", *FAST, *model, "--factor", "1.5", "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert f"sampling {side}x{side} (factor 3/2x3/2)" in stdout
+    for method in ("naive", "ug", "bicubic"):
+        assert Image.open(out / f"{method}-seed0.png").size == (side, side)
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["factor"] == ["3/2", "3/2"] and result["size"] == [side, side]
+    assert (out / "ug-seed0.png").read_bytes() != (out / "naive-seed0.png").read_bytes()
 
 
 def test_fractional_factor_with_a_size(tmp_path, capsys):

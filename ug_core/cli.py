@@ -27,16 +27,15 @@ import json
 import math
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from . import factors as _factors
 from . import launch
+from .demo import report
+from .demo.report import Job, factor_text
 from .launch import UsageError
 
 __all__ = ["main", "parse_factors", "parse_size", "build_parser"]
@@ -147,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--factor", type=_checked(parse_factors), default=None, metavar="F",
         help="upsampling factor F (default 2): UG guides the sample towards the model's own "
         "sample at the size divided by F. An integer or a ratio p/q with q <= 8 (1.5, 3/2, "
-        "1.25): ratios work with the UNet models (shapes, textured, UNet folders). For a "
+        "1.25): ratios work with every model but --model video. For a "
         "non-square image give a non-square --size and one factor (--size 64x96 --factor 2 "
         "guides towards a 32x48 image). Unequal factors HxW (e.g. 2x3) stretch the content by "
         "H and W (discs become ellipses): they are meant for time against space in video "
@@ -212,30 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _factor_text(factors: Sequence[Any]) -> str:
-    """``2x2``, ``3/2x3/2``: factors (or sizes) as ``--factor`` takes them."""
-    return "x".join(map(str, factors))
-
-
 def _check_factor(args: argparse.Namespace) -> None:
-    """Default ``--factor`` (2 for images; the video model picks its own) and its form."""
-    video = args.pipeline is None and args.model == "video"
+    """Default ``--factor`` (2, or 2x1x1 for the video model) and its form for the model."""
+    video = args.model == "video"  # never with --pipeline (argparse excludes it)
     if args.factor is None:
-        args.factor = None if video else (2, 2)
+        args.factor = (2, 1, 1) if video else (2, 2)
         return
-    text, adapter = _factor_text(args.factor), "--pipeline" if args.pipeline else None
-    if _SHIPPED.get(args.model) in ("latent-flow", "video"):  # through the diffusers adapter
-        adapter = f"--model {args.model}"
+    text = factor_text(args.factor)
     if len(args.factor) == 3 and not video:
         raise UsageError(
             f"--factor {text}: three factors (frames, height, width) apply to --model video "
             "only; give F or HxW"
         )
-    if adapter and not all(isinstance(f, int) for f in args.factor):
+    if video and not all(isinstance(f, int) for f in args.factor):
         raise UsageError(
-            f"--factor {text}: {adapter} samples through the diffusers adapter, which does not "
-            "take fractional factors yet; give integers (ratios work with the shapes and "
-            "textured models and UNet folders)"
+            f"--factor {text}: --model video takes integer factors (ug_core.demo.video samples "
+            "whole multiples of its trained 8 frames of 32x32); ratios work with the image "
+            "models: shapes, textured, latent-flow, UNet folders and --pipeline"
         )
     if video and len(args.factor) == 2:
         args.factor = (1, *args.factor)
@@ -258,90 +250,32 @@ def _check_options(args: argparse.Namespace) -> None:
             "--size does not apply to --model video: its size is the trained 8 frames of 32x32 "
             "times --factor FxHxW (frames, height, width)"
         )
-
-
-def _check_device(text: str) -> None:
-    """Raise UsageError unless ``--device`` is a torch device that this machine has."""
-    import torch
-
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise UsageError(
-            f"--device {text!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)"
-        ) from None
-    if device.type == "cpu":
-        return
-    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
-    found = hasattr(backend, "is_available") and backend.is_available()
-    count = backend.device_count() if found else 0
-    if not count:
-        raise UsageError(f"--device {text}: this machine has no {device.type} device; use cpu")
-    if (device.index or 0) >= count:
-        last = f"{device.type}:{count - 1}"
-        raise UsageError(f"--device {text}: this machine has {device.type}:0 to {last} only")
+    if args.size is not None:  # a model's own size unit is checked once it is loaded
+        _check_size(args.size, args.factor)
 
 
 def _check_class(args: argparse.Namespace) -> None:
     """``--class`` against the model folder's ``classes.json``, before the model is loaded."""
     if args.class_name is None or args.pipeline is not None:
         return
+    folder = Path(args.model or "shapes")
     if args.model is None or args.model in _SHIPPED:
         from .demo.registry import shipped_model
 
-        table = shipped_model(args.model or "shapes").folder / "classes.json"
-    else:
-        table = Path(args.model) / "classes.json"
-    try:
-        meta = json.loads(table.read_text())
-        classes = SimpleNamespace(classes=meta["classes"], null_class=meta.get("null_class"))
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # no classes.json: checked once the model is loaded (which reports a broken one)
-    _labels_for(classes, args, 1)
+        folder = shipped_model(args.model or "shapes").folder
+    classes = report.folder_classes(folder)
+    if classes is not None:  # else checked once the model is loaded (which reports a broken one)
+        _labels_for(classes, args, 1)
 
 
-def _new_out_dir() -> Path:
-    """A fresh ``./ug-samples-<timestamp>`` folder name."""
-    base = Path(f"ug-samples-{time.strftime('%Y%m%d-%H%M%S')}")
-    out, i = base, 1
-    while out.exists():
-        out, i = Path(f"{base}-{i}"), i + 1
-    return out
-
-
-def _check_out(out: Path, given: bool) -> None:
-    """Raise UsageError unless ``out`` is a folder that exists or can be made, and is writable.
-
-    Probes by making (and removing) a temporary folder in ``out``, or in its nearest existing
-    parent, so that nothing is left behind.
-    """
-    import errno
-    import tempfile
-
-    what = f"--out {str(out)!r}" if given else f"the output folder {str(out)!r}"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{what} exists and is not a folder")
-    parent = out.absolute()
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{what} cannot be made: {str(parent)!r} is a file, not a folder")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".ug-probe-", dir=parent))
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        if err.errno == errno.ENOENT:  # the folder exists: its file system makes no new entries
-            reason = "its file system does not allow new folders"
-        raise UsageError(
-            f"{what} is not writable: cannot make a folder in {str(parent)!r} ({reason})"
-        ) from None
-
-
-def _check_size(size: tuple[int, int], factors: Sequence[Any], unit: int = 1) -> None:
+def _check_size(
+    size: tuple[int, int], factors: Sequence[Any], unit: int = 1, name: str | None = None
+) -> None:
     """Raise UsageError unless each side of ``size`` maps to a whole trained size (in units)."""
-    name = f"--size {size[0]}x{size[1]}"
+    name = name or f"--size {size[0]}x{size[1]}"
     if unit > 1:
-        name += f" (the pipeline needs multiples of {unit} at both sizes, so of {unit} × --factor)"
+        times = "--factor" if all(isinstance(f, int) for f in factors) else "p for --factor p/q"
+        name += f" (the pipeline needs multiples of {unit} at both sizes, so of {unit} × {times})"
     try:
         _factors.check_divisible(size, factors, name, unit=(unit, unit))
     except ValueError as err:
@@ -352,271 +286,26 @@ def _sizes(
     args: argparse.Namespace, trained: Sequence[int], unit: int = 1
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """(output size, trained-resolution size) in pixels: ``--size``, or trained size × factor."""
-    size = args.size
+    size, name, text = args.size, None, factor_text(args.factor)
     if size is None:
         exact = [Fraction(n) * f for n, f in zip(trained, args.factor, strict=True)]
         if any(s.denominator != 1 for s in exact):
             raise UsageError(
-                f"--factor {_factor_text(args.factor)} takes the trained size "
-                f"{_factor_text(trained)} to {_factor_text(exact)} pixels, not whole sizes: "
-                "give --size"
+                f"--factor {text} takes the trained size {factor_text(trained)} to "
+                f"{factor_text(exact)} pixels, not whole sizes: give --size"
             )
         size = tuple(int(s) for s in exact)
-    _check_size(size, args.factor, unit)
+        name = f"the trained size {factor_text(trained)} × --factor {text} = {factor_text(size)}"
+    _check_size(size, args.factor, unit, name)
     return size, _factors.low_sizes(size, args.factor)  # type: ignore[return-value]
 
 
 def _labels_for(model: Any, args: argparse.Namespace, n: int) -> Any:
-    """Class labels from --class (a name or index), or the default cycle.
-
-    ``model`` has ``classes`` and ``null_class`` (a ``DemoModel``, ``LatentFlow`` or
-    ``VideoModel``); the default cycle is ``(seed + i) mod`` the classes but the null class.
-    """
-    import torch
-
-    if not getattr(model, "conditional", True):
-        if args.class_name is not None:
-            raise UsageError("--class needs a class-conditional model; this one is unconditional")
-        return None
-    n_labels = getattr(model, "num_class_embeds", None) or len(model.classes)
-    if args.class_name is None:
-        real = max(1, len(model.classes) - (model.null_class is not None))
-        return torch.tensor([(args.seed + i) % real for i in range(n)], dtype=torch.long)
-    names = [c.lower() for c in model.classes]
-    key = args.class_name.lower()
-    if key in names:
-        idx = names.index(key)
-    elif key.isdecimal() and int(key) < n_labels:
-        idx = int(key)
-    else:
-        choices = [
-            f"{c} (the null class: unconditional samples)" if i == model.null_class else c
-            for i, c in enumerate(model.classes)
-        ]
-        raise UsageError(
-            f"--class {args.class_name!r} is not a class of this model; choose one of "
-            f"{', '.join(choices)}, or an index below {n_labels}"
-        )
-    return torch.full((n,), idx, dtype=torch.long)
-
-
-def _class_names(model: Any, labels: Any) -> list[str] | None:
-    """The class name of each label (None for an unconditional model)."""
-    if labels is None:
-        return None
-    names = []
-    for i in labels.tolist():
-        name = model.classes[i] if i < len(model.classes) else f"class {i}"
-        names.append(f"{name} (null class)" if i == model.null_class else name)
-    return names
-
-
-def _to_uint8(images: Any) -> Any:
-    """Images (n, C, H, W) or clips (n, C, F, H, W: frame strips) → uint8 (n, H, W, 3)."""
-    import numpy as np
-
-    if images.ndim == 5:  # frames left to right
-        images = images.permute(0, 1, 3, 2, 4).flatten(-2)
-    x = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return (np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x)[..., :3]
-
-
-def _save_outputs(
-    out: Path, columns: dict[str, Any], seeds: Sequence[int], row_labels: Sequence[str], title: str
-) -> Path:
-    """``{column}-seed{N}.png`` per sample (a frame strip and a GIF for clips), and grid.png.
-
-    The grid has the columns side by side, one row per seed, each row labelled on its left with
-    ``row_labels`` (lines separated by newlines); returns its path.
-    """
-    from PIL import Image, ImageDraw
-
-    from .demo.video import save_gif
-
-    arrays = {name: _to_uint8(x) for name, x in columns.items()}
-    h = max(a.shape[1] for a in arrays.values())
-    w = max(a.shape[2] for a in arrays.values())
-    zoom = max(1, min(math.ceil(128 / h), 1024 // w))
-    th, tw = h * zoom, w * zoom
-    pad, head = 4, 18
-    label_w = 8 + 6 * max(len(line) for label in row_labels for line in label.split("\n"))
-    width, height = label_w + len(arrays) * (tw + pad) + pad, head + len(seeds) * (th + pad) + 18
-    grid = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(grid)
-    for r, label in enumerate(row_labels):
-        draw.multiline_text((pad, head + pad + r * (th + pad) + 2), label, fill="black")
-    for c, (name, arr) in enumerate(arrays.items()):
-        x0 = label_w + pad + c * (tw + pad)
-        draw.text((x0 + 2, 3), name, fill="black")
-        for r, seed in enumerate(seeds):
-            stem = out / f"{name.lower()}-seed{seed}"
-            img = Image.fromarray(arr[r])
-            img.save(f"{stem}.png")
-            if columns[name].ndim == 5:
-                save_gif(columns[name][r], f"{stem}.gif")
-            grid.paste(img.resize((tw, th), Image.NEAREST), (x0, head + pad + r * (th + pad)))
-    draw.text((pad, grid.height - 14), title, fill="black")
-    grid.save(out / "grid.png")
-    return out / "grid.png"
-
-
-def _print_table(rows: dict[str, dict[str, float]], keys: dict[str, str], legend: str) -> None:
-    """Print metrics as an aligned table on stdout (``keys``: metric → column title)."""
-    width = max(len(k) for k in rows) + 2
-    print("\n" + "method".ljust(width) + "".join(label.rjust(14) for label in keys.values()))
-    for name, vals in rows.items():
-        print(name.ljust(width) + "".join(f"{vals[k]:.3f}".rjust(14) for k in keys))
-    print(legend)
-
-
-def _shape_metrics(
-    columns: dict[str, Any], truth: Any, size: Sequence[int], threshold: float | None = None
-) -> dict[str, dict[str, float]]:
-    """One object, mean objects, object area and size W1 of each column and of ``truth``."""
-    from .demo import metrics
-
-    kw = {} if threshold is None else {"threshold": threshold}
-    ref_counts, ref_areas = metrics.count_objects(truth, **kw)
-    rows: dict[str, dict[str, float]] = {}
-    for key, images in [*columns.items(), ("ground truth", truth)]:
-        counts, areas = metrics.count_objects(images, **kw)
-        rows[key] = {
-            "one_object": float((counts == 1).mean()),
-            "mean_objects": float(counts.mean()),
-            "mean_area": float(areas.mean()),
-            "size_w1": metrics.size_distance(areas, ref_areas),
-        }
-    _print_table(
-        rows,
-        {"one_object": "one object", "mean_objects": "mean objects", "mean_area": "object area",
-         "size_w1": "size W1"},
-        "(one object: fraction of samples with exactly one shape; object area: largest shape's "
-        "area / image area; size W1: Wasserstein-1 distance of that area's distribution to "
-        f"ground truth rendered at {size[0]}x{size[1]})",
-    )  # fmt: skip
-    return rows
-
-
-def _video_metrics(clips: dict[str, Any], requested: Any) -> dict[str, dict[str, float]]:
-    """Each method's :func:`ug_core.demo.video_metrics.summarize`, printed as a table."""
-    from .demo import video_metrics
-
-    rows = {name: video_metrics.summarize(batch, requested) for name, batch in clips.items()}
-    _print_table(
-        rows,
-        {"one_object": "one object", "identity": "identity", "residual": "motion resid.",
-         "jump_free": "no jumps"},
-        "(one object: fraction of frames with exactly one shape; identity: fraction of clips "
-        "whose object keeps its colour, class and size; motion resid.: median residual of the "
-        "centroid track against a constant-velocity or bouncing fit, % of the side; no jumps: "
-        "fraction of clips without a jump; ug_core.demo.video_metrics)",
-    )  # fmt: skip
-    return rows
-
-
-def _finite(value: Any) -> Any:
-    """``value`` for JSON: non-finite floats → None, ratios → ``"3/2"``."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, Fraction):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _dims(size: Sequence[Any]) -> str:
-    """``64x64`` (height, width), or ``16 frames of 32x32``."""
-    return f"{size[0]} frames of {size[1]}x{size[2]}" if len(size) == 3 else _factor_text(size)
-
-
-@dataclass
-class _Job:
-    """A ``ug sample`` run: what the header and metrics.json say, and how to sample and score.
-
-    ``sample(batches, progress)`` samples the given (start, stop) batches (sample ``i`` from seed
-    ``--seed + i``) three ways and returns naive, UG and the baseline, each (samples, C, H, W)
-    images or (samples, C, F, H, W) clips in [-1, 1] at the output size. ``metrics(columns)``
-    scores every sample's columns and prints the table.
-    """
-
-    name: str
-    trained: tuple[int, ...]
-    size: tuple[int, ...]
-    factors: tuple[Any, ...]
-    steps: str
-    sample: Callable[[list[tuple[int, int]], bool], dict[str, Any]]
-    settings: dict[str, Any]
-    classes: list[str] | None = None
-    metrics: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    extra: str = ""
-
-    def header(self, args: argparse.Namespace) -> str:
-        """The first line printed: model, sizes, seeds and UG's settings."""
-        seeds = f"{args.n} seed{'s' if args.n != 1 else ''}"
-        return (
-            f"{self.name}: trained {_dims(self.trained)}, sampling {_dims(self.size)} (factor "
-            f"{_factor_text(self.factors)}), {seeds} from {args.seed}, {self.steps}, UG scale "
-            f"{args.scale} eta {args.eta}{self.extra}"
-        )
-
-    def write(self, args: argparse.Namespace, columns: dict[str, Any], folder: Path) -> None:
-        """The PNGs (and GIFs), the grid, the metrics (printed too) and metrics.json."""
-        seeds = list(range(args.seed, args.seed + args.n))
-        classes = self.classes or [""] * len(seeds)
-        rows = [f"seed {s}" + (f"\n{c}" if c else "") for s, c in zip(seeds, classes, strict=True)]
-        title = (
-            f"{_dims(self.size)}, factor {_factor_text(self.factors)}, UG scale {args.scale}, "
-            f"eta {args.eta}"
-        )
-        _save_outputs(folder, columns, seeds, rows, title)
-        result = {**self.settings, "batch_size": args.batch_size, "seeds": seeds}
-        if self.classes is not None:
-            result["classes"] = self.classes
-        if self.metrics is not None:
-            result["metrics"] = self.metrics(columns)
-        (folder / "metrics.json").write_text(json.dumps(_finite(result), indent=2) + "\n")
-
-
-def _run(job: _Job, args: argparse.Namespace, ranks: launch.Ranks) -> int:
-    """Sample this process's batches; rank 0 gathers every sample and writes the files."""
-    progress = ranks.main and not args.no_progress  # rank 0's bars show its share
-    note, run = launch.share(ranks, args.n, args.batch_size, lambda b: job.sample(b, progress))
-    if ranks.main:
-        print(job.header(args) + note)
-    columns = run()
-
-    def write_on_rank_0() -> None:
-        if ranks.main:
-            launch.write_atomically(args.out_path, lambda folder: job.write(args, columns, folder))
-
-    launch.together(ranks, write_on_rank_0)
-    if ranks.main:
-        kind = "frame strips (PNG) and GIFs" if len(job.size) == 3 else "PNGs"
-        names = ", ".join(columns)
-        print(
-            f"\nwrote {args.n * 3} {kind} ({names}), grid.png and metrics.json to {args.out_path}/"
-        )
-    return 0
-
-
-def _image_settings(
-    args: argparse.Namespace, trained: Sequence[int], size: Sequence[int], steps: int
-) -> dict[str, Any]:
-    """metrics.json's sizes and UG settings for an image model."""
-    factor = list(args.factor)
-    return dict(trained_size=list(trained), size=list(size), factor=factor, scale=args.scale,
-                eta=args.eta, steps=steps)  # fmt: skip
-
-
-def _with_bicubic(naive: Any, ug: Any, small: Any, size: Sequence[int]) -> dict[str, Any]:
-    """The image columns: naive, UG, and the trained-size sample upscaled bicubically."""
-    import torch.nn.functional as F
-
-    up = F.interpolate(small, size=tuple(size), mode="bicubic", align_corners=False)
-    return {"naive": naive, "UG": ug, "bicubic": up.clamp(-1, 1)}
+    """Class labels from --class (a name or index), or the default cycle (report.class_labels)."""
+    try:
+        return report.class_labels(model, args.class_name, args.seed, n)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _guided(pipe: Any, factors: Sequence[int], args: argparse.Namespace, call: Callable) -> Any:
@@ -660,17 +349,16 @@ def _check_steps(steps: int, most: int) -> int:
     return steps
 
 
-def _unet_job(args: argparse.Namespace) -> _Job:
+def _unet_job(args: argparse.Namespace) -> Job:
     """A shipped UNet model or a UNet2DModel / DDPMPipeline folder, sampled by the core."""
     import torch
 
     from .demo import shapes
     from .demo.model import ModelLoadError, generate, initial_noise, load, low_res_noise
+    from .demo.registry import shipped_model
 
     entry = None
     if args.model is None or args.model in _SHIPPED:
-        from .demo.registry import shipped_model
-
         entry = shipped_model(args.model or "shapes")
     elif not Path(args.model).exists():
         raise UsageError(
@@ -681,8 +369,7 @@ def _unet_job(args: argparse.Namespace) -> _Job:
         model = load(args.model if entry is None else entry.folder, args.device)
     except ModelLoadError as err:
         raise UsageError(f"--model: {err}") from None
-    trained = model.sample_size
-    size, low = _sizes(args, trained)
+    size, low = _sizes(args, model.sample_size)
     steps = _check_steps(args.steps or 30, model.schedule.num_timesteps)
     cfg = args.cfg if args.cfg is not None else (2.0 if model.null_class is not None else 1.0)
     if cfg != 1.0 and model.null_class is None:
@@ -697,10 +384,8 @@ def _unet_job(args: argparse.Namespace) -> _Job:
         if not index:
             return {}
         high = [initial_noise(b - a, size, args.seed + a, channels) for a, b in batches]
-        noise, small_noise = (
-            torch.cat(high),
-            torch.cat([low_res_noise(x, args.factor) for x in high]),
-        )
+        noise = torch.cat(high)
+        small_noise = torch.cat([low_res_noise(x, args.factor) for x in high])
         common = dict(
             seed=args.seed, steps=steps, labels=None if labels is None else labels[index],
             cfg=cfg, progress=progress, batch_size=args.batch_size,
@@ -712,25 +397,19 @@ def _unet_job(args: argparse.Namespace) -> _Job:
         except (TypeError, ValueError) as err:
             raise UsageError(str(err)) from None
         small = generate(model, len(index), low, noise=small_noise, desc="bicubic", **common)
-        return _with_bicubic(naive, ug, small, size)
+        return report.with_bicubic(naive, ug, small, size)
 
-    def metrics(columns: dict[str, Any]) -> dict[str, Any]:
-        """The shape metrics against ground truth rendered at the output size."""
-        if entry is None:
-            truth = shapes.render(shapes.sample_params(256, 10**6), size)
-            return _shape_metrics(columns, truth, size)
-        return _shape_metrics(columns, entry.ground_truth(256, size), size, entry.segment_threshold)
-
+    data = entry or shipped_model("shapes")  # a UNet folder of the shapes' classes: flat shapes
     shaped = tuple(model.classes[: len(shapes.CLASSES)]) == shapes.CLASSES and channels == 3
-    return _Job(
-        name, trained, size, args.factor, f"{steps} DDIM steps", sample,
-        {"model": name, **_image_settings(args, trained, size, steps), "cfg": cfg},
-        _class_names(model, labels), metrics if shaped else None,
-        f", CFG {cfg}" if model.conditional else "",
+    return Job.image(
+        args, name, model.sample_size, size, steps, f"{steps} DDIM steps", sample,
+        {"model": name}, {"cfg": cfg}, classes=report.class_names(model, labels),
+        metrics=(lambda columns: report.shape_metrics(columns, data, size)) if shaped else None,
+        extra=f", CFG {cfg}" if model.conditional else "",
     )  # fmt: skip
 
 
-def _latent_flow_job(args: argparse.Namespace) -> _Job:
+def _latent_flow_job(args: argparse.Namespace) -> Job:
     """``--model latent-flow``: the shipped StableDiffusion3Pipeline, guided by the adapter."""
     import torch
 
@@ -740,10 +419,9 @@ def _latent_flow_job(args: argparse.Namespace) -> _Job:
     _quiet_libraries()
     entry = shipped_model("latent-flow")
     model = entry.load(args.device)
-    trained = model.sample_size
     config = model.pipe.transformer.config
     unit = model.pipe.vae_scale_factor * config.patch_size
-    size, low = _sizes(args, trained, unit)
+    size, low = _sizes(args, model.sample_size, unit)
     largest = config.pos_embed_max_size * unit
     if max(size) > largest:
         raise UsageError(
@@ -755,7 +433,7 @@ def _latent_flow_job(args: argparse.Namespace) -> _Job:
     labels = _labels_for(model, args, args.n)
 
     def sample(batches: list[tuple[int, int]], progress: bool) -> dict[str, Any]:
-        """Each sample's x_1 from its own seed (and the trained size's, √k·D[x_1], from it)."""
+        """Each sample's x_1 from its own seed (and the trained size's from it: low_res_noise)."""
         index = [i for a, b in batches for i in range(a, b)]
         if not index:
             return {}
@@ -769,37 +447,30 @@ def _latent_flow_job(args: argparse.Namespace) -> _Job:
         naive = run("naive", size, high)
         ug = _guided(model.pipe, args.factor, args, lambda: run("UG", size, high))
         small = run("bicubic", low, low_res_noise(high, args.factor))
-        return _with_bicubic(naive, ug, small, size)
+        return report.with_bicubic(naive, ug, small, size)
 
-    return _Job(
-        f"shipped latent-flow model ({entry.folder.name})", trained, size, args.factor,
-        f"{steps} flow-matching Euler steps", sample,
-        {"model": "latent-flow", **_image_settings(args, trained, size, steps), "cfg": cfg},
-        _class_names(model, labels),
-        lambda columns: _shape_metrics(columns, entry.ground_truth(256, size), size,
-                                       entry.segment_threshold),
-        f", CFG {cfg}",
+    return Job.image(
+        args, f"shipped latent-flow model ({entry.folder.name})", model.sample_size, size, steps,
+        f"{steps} flow-matching Euler steps", sample, {"model": "latent-flow"}, {"cfg": cfg},
+        classes=report.class_names(model, labels), extra=f", CFG {cfg}",
+        metrics=lambda columns: report.shape_metrics(columns, entry, size),
     )  # fmt: skip
 
 
-def _video_job(args: argparse.Namespace) -> _Job:
+def _video_job(args: argparse.Namespace) -> Job:
     """``--model video``: the shipped AnimateDiffPipeline model; frame strips and GIFs."""
     _quiet_libraries()
     from .demo import video
     from .demo.registry import shipped_model
 
-    entry = shipped_model("video")
-    try:
-        factors = video.video_factors((2, 1, 1) if args.factor is None else args.factor)
-    except ValueError as err:
-        raise UsageError(f"--factor: {err}") from None
+    entry, factors = shipped_model("video"), args.factor
     model = entry.load(args.device)
     trained = (model.trained_frames, model.trained_size, model.trained_size)
     size = tuple(n * f for n, f in zip(trained, factors, strict=True))
     longest = model.pipe.unet.config.motion_max_seq_length
     if size[0] > longest:
         raise UsageError(
-            f"--factor {_factor_text(factors)} asks for {size[0]} frames; the video model's "
+            f"--factor {factor_text(factors)} asks for {size[0]} frames; the video model's "
             f"motion modules take at most {longest} (a frame factor of at most "
             f"{longest // model.trained_frames})"
         )
@@ -821,12 +492,12 @@ def _video_job(args: argparse.Namespace) -> _Job:
         return {"naive": clips["naive"], "UG": clips["ug"], base: clips["baseline"]}
 
     requested = None if (labels == model.null_class).any() else labels  # none: any class
-    return _Job(
+    return Job(
         f"shipped video model ({entry.folder.name})", trained, size, factors,
         f"{steps} DDIM steps", sample,
         dict(model="video", trained=list(trained), size=list(size), factors=list(factors),
              baseline=base, scale=args.scale, eta=args.eta, steps=steps, cfg=cfg),
-        _class_names(model, labels), lambda clips: _video_metrics(clips, requested),
+        report.class_names(model, labels), lambda clips: report.video_metrics(clips, requested),
         f", CFG {cfg}",
     )  # fmt: skip
 
@@ -862,7 +533,7 @@ def _load_pipeline(path: str, device: str) -> Any:
     return pipe.to(device)
 
 
-def _pipeline_job(args: argparse.Namespace) -> _Job:
+def _pipeline_job(args: argparse.Namespace) -> Job:
     """``--pipeline PATH --prompt TEXT``: a Stable Diffusion-style pipeline, through the adapter."""
     import torch
 
@@ -897,41 +568,29 @@ def _pipeline_job(args: argparse.Namespace) -> _Job:
         ug = _guided(pipe, args.factor, args, lambda: run(batches, size, "UG", progress))
         if not batches:
             return {}
-        return _with_bicubic(naive, ug, run(batches, low, "bicubic", progress), size)
+        return report.with_bicubic(naive, ug, run(batches, low, "bicubic", progress), size)
 
-    return _Job(
-        args.pipeline, trained, size, args.factor, f"{steps} steps", sample,
-        {"pipeline": args.pipeline, "prompt": args.prompt,
-         **_image_settings(args, trained, size, steps)},
-        extra=f", prompt {args.prompt!r}",
+    return Job.image(
+        args, args.pipeline, trained, size, steps, f"{steps} steps", sample,
+        {"pipeline": args.pipeline, "prompt": args.prompt}, {}, extra=f", prompt {args.prompt!r}",
     )  # fmt: skip
 
 
 def _sample(args: argparse.Namespace) -> int:
     """``ug sample``: check what can be checked, join a launch, and run the model's job."""
-    out = Path(args.out) if args.out else _new_out_dir()
-    _check_out(out, given=bool(args.out))  # before torch is imported or anything is sampled
-    args.out_path = out  # written only once every sample is there (launch.write_atomically)
+    # Checked before torch is imported; written once every sample is there (write_atomically).
+    args.out_path = launch.out_folder(args.out)
     _check_factor(args)
     _check_options(args)
-    if args.size and args.model != "video":  # a pipeline's size unit is checked once loaded
-        _check_size(args.size, args.factor)
     found = launch.launch_env()  # torchrun or accelerate launch: this process's share of seeds
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    elif found is not None and found[1] > 1:
-        # Launchers set OMP_NUM_THREADS=1 per process; CPU kernels round differently with
-        # another thread count, so use what a single process would, for identical files.
-        torch.set_num_threads(launch.single_process_threads())
-    _check_device(args.device)
+    launch.set_threads(args.threads, found)
+    launch.check_device(args.device)
     _check_class(args)
     ranks, args.device = launch.start_ranks(found, args.device)
     jobs = {"unet": _unet_job, "latent-flow": _latent_flow_job, "video": _video_job}
     job = _pipeline_job if args.pipeline else jobs[_SHIPPED.get(args.model or "shapes", "unet")]
     try:
-        return _run(launch.together(ranks, lambda: job(args)), args, ranks)
+        return launch.run_job(launch.together(ranks, lambda: job(args)), args, ranks)
     finally:
         launch.stop_ranks(ranks)
 

@@ -4,12 +4,15 @@ The samples are cut into batches of consecutive seeds, the same batches for any 
 processes N; process ``r`` samples batches ``r, r + N, …``, and rank 0 gathers every sample in
 order and writes the files of one process, byte for byte, through a hidden temporary folder
 (docs/design.md, "Many processes"). An error on any process stops them all (:func:`together`).
-Without a launcher (no ``WORLD_SIZE``) nothing here starts ``torch.distributed``.
+Without a launcher (no ``WORLD_SIZE``) nothing here starts ``torch.distributed``. Also here: the
+checks of where a process runs and writes (``--device``, ``--threads``, ``--out``), made before
+anything is sampled.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +24,14 @@ __all__ = [
     "Ranks",
     "launch_env",
     "single_process_threads",
+    "set_threads",
+    "check_device",
     "start_ranks",
     "stop_ranks",
     "together",
     "share",
+    "run_job",
+    "out_folder",
     "write_atomically",
 ]
 
@@ -88,6 +95,42 @@ def single_process_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None, launch: tuple[int, int, int] | None) -> None:
+    """torch's CPU threads: ``--threads``, or under a launch those of a single process.
+
+    Launchers set OMP_NUM_THREADS=1 per process; CPU kernels round differently with another
+    thread count, so use what a single process would, for identical files.
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    elif launch is not None and launch[1] > 1:
+        torch.set_num_threads(single_process_threads())
+
+
+def check_device(text: str) -> None:
+    """Raise UsageError unless ``--device`` is a torch device that this machine has."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UsageError(
+            f"--device {text!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)"
+        ) from None
+    if device.type == "cpu":
+        return
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    found = hasattr(backend, "is_available") and backend.is_available()
+    count = backend.device_count() if found else 0
+    if not count:
+        raise UsageError(f"--device {text}: this machine has no {device.type} device; use cpu")
+    if (device.index or 0) >= count:
+        last = f"{device.type}:{count - 1}"
+        raise UsageError(f"--device {text}: this machine has {device.type}:0 to {last} only")
 
 
 def start_ranks(launch: tuple[int, int, int] | None, device: str) -> tuple[Ranks, str]:
@@ -209,6 +252,65 @@ def _gather(
     order = [i for c, _ in parts for a, b in c for i in range(a, b)]
     position = torch.tensor(sorted(range(len(order)), key=order.__getitem__))
     return {key: torch.cat([cols[key] for _, cols in parts])[position] for key in parts[0][1]}
+
+
+def run_job(job: Any, args: Any, ranks: Ranks) -> int:
+    """Sample this process's batches; rank 0 gathers every sample and writes the files.
+
+    ``job`` is a :class:`ug_core.demo.report.Job`, ``args`` the options of ``ug sample``.
+    """
+    progress = ranks.main and not args.no_progress  # rank 0's bars show its share
+    note, gather = share(ranks, args.n, args.batch_size, lambda b: job.sample(b, progress))
+    if ranks.main:
+        print(job.header(args) + note)
+    columns = gather()
+
+    def write_on_rank_0() -> None:
+        if ranks.main:
+            write_atomically(args.out_path, lambda folder: job.write(args, columns, folder))
+
+    together(ranks, write_on_rank_0)
+    if ranks.main:
+        kind = "frame strips (PNG) and GIFs" if len(job.size) == 3 else "PNGs"
+        names = ", ".join(columns)
+        print(
+            f"\nwrote {args.n * 3} {kind} ({names}), grid.png and metrics.json to {args.out_path}/"
+        )
+    return 0
+
+
+def out_folder(given: str | None) -> Path:
+    """``--out`` (``given``), or a fresh ``./ug-samples-<timestamp>``; UsageError if unwritable.
+
+    The folder must exist or be possible to make, and be writable: probed by making (and
+    removing) a temporary folder in it, or in its nearest existing parent, so that nothing is
+    left behind.
+    """
+    import errno
+    import tempfile
+
+    base = Path(f"ug-samples-{time.strftime('%Y%m%d-%H%M%S')}")
+    out, i = Path(given or base), 1
+    while not given and out.exists():
+        out, i = Path(f"{base}-{i}"), i + 1
+    what = f"--out {str(out)!r}" if given else f"the output folder {str(out)!r}"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{what} exists and is not a folder")
+    parent = out.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} cannot be made: {str(parent)!r} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ug-probe-", dir=parent))
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        if err.errno == errno.ENOENT:  # the folder exists: its file system makes no new entries
+            reason = "its file system does not allow new folders"
+        raise UsageError(
+            f"{what} is not writable: cannot make a folder in {str(parent)!r} ({reason})"
+        ) from None
+    return out
 
 
 def write_atomically(out: Path, write: Callable[[Path], None]) -> None:
