@@ -129,16 +129,22 @@ def sd_call_kwargs(height: int = 32, width: int = 32, steps: int = 3, cfg: float
     )
 
 
-def tiny_sdxl_pipeline(seed: int = 0):
-    """A StableDiffusionXLPipeline of tiny random models (no text encoders, no watermarker)."""
-    from diffusers import StableDiffusionXLPipeline
-
-    unet = tiny_unet(
+def tiny_sdxl_unet(seed: int = 0, **config):
+    """:func:`tiny_unet` with SDXL's micro-conditioning (pooled text and six size ids)."""
+    return tiny_unet(
         seed,
         addition_embed_type="text_time",
         addition_time_embed_dim=TIME_ID_DIM,
         projection_class_embeddings_input_dim=6 * TIME_ID_DIM + POOLED_DIM,
+        **config,
     )
+
+
+def tiny_sdxl_pipeline(seed: int = 0):
+    """A StableDiffusionXLPipeline of tiny random models (no text encoders, no watermarker)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    unet = tiny_sdxl_unet(seed)
     pipe = StableDiffusionXLPipeline(
         vae=tiny_vae(),
         text_encoder=None,
@@ -216,6 +222,20 @@ def tiny_controlnet(unet, seed: int = 3):
 
     torch.manual_seed(seed)
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8)).eval()
+    randomize_zero_params(net, seed)
+    return net
+
+
+def tiny_union_controlnet(unet, seed: int = 3):
+    """A ControlNetUnionModel from ``unet`` (its control-type transformer is 320 wide whatever
+    the UNet: shrunk to 16)."""
+    from diffusers import ControlNetUnionModel
+
+    torch.manual_seed(seed)
+    config = ControlNetUnionModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8)).config
+    widths = dict(num_trans_channel=16, num_proj_channel=16, num_trans_head=2)
+    config = {k: v for k, v in config.items() if k != "_use_default_values"}
+    net = ControlNetUnionModel.from_config({**config, **widths}).eval()
     randomize_zero_params(net, seed)
     return net
 

@@ -247,67 +247,6 @@ def test_pixel_pipelines_sample_with_ug(name):
     assert torch.isfinite(guided).all() and not torch.equal(guided, plain)
 
 
-# ---------------------------------------------------------------------- UNet variants
-def _variant(name: str):
-    """A tiny UNet pipeline variant (from the tiny SD / SDXL components) and its call kwargs."""
-    import diffusers
-    from diffusers_models import sdxl_call_kwargs, tiny_sdxl_pipeline
-
-    cls = getattr(diffusers, name)
-    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))  # in [0, 1]
-    mask = torch.zeros(1, 1, 32, 32)
-    mask[..., 8:24, 8:24] = 1.0
-    if name == "LatentConsistencyModelPipeline":
-        from diffusers import LCMScheduler
-
-        unet = tiny_unet(time_cond_proj_dim=8)  # LCM's guidance embedding (w, not CFG)
-        pipe = cls.from_pipe(tiny_sd_pipeline(), unet=unet, scheduler=LCMScheduler())
-        kwargs = {**sd_call_kwargs(steps=3), "negative_prompt_embeds": None}
-    elif name == "StableDiffusionImg2ImgPipeline":
-        pipe = cls.from_pipe(tiny_sd_pipeline())
-        kwargs = {**sd_call_kwargs(steps=4), "image": image, "strength": 0.8}
-    else:  # SDXL img2img / inpaint: the latents are the image's (32 pixels: 16 latents)
-        pipe = cls.from_pipe(tiny_sdxl_pipeline())
-        kwargs = {**sdxl_call_kwargs(steps=4), "image": image, "strength": 0.8}
-        if "Inpaint" in name:
-            kwargs["mask_image"] = mask
-    if "image" in kwargs and "mask_image" not in kwargs:  # img2img: the size is the image's
-        del kwargs["height"], kwargs["width"]
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, kwargs
-
-
-UNET_VARIANTS = [
-    "LatentConsistencyModelPipeline",
-    "StableDiffusionImg2ImgPipeline",
-    "StableDiffusionXLImg2ImgPipeline",
-    "StableDiffusionXLInpaintPipeline",
-]
-
-
-@pytest.mark.parametrize("name", UNET_VARIANTS)
-def test_unet_variants_sample_with_ug(name):
-    """scale=0 is the plain variant bit for bit; guided, one low call (8x8) per UNet call (16x16)
-    and a different, finite result."""
-
-    def run():
-        _, kwargs = _variant(name)  # fresh tensors and generator
-        return pipe(**kwargs)[0]
-
-    pipe, _ = _variant(name)
-    assert type(pipe).__name__ == name
-    plain = run()
-    apply_upsample_guidance(pipe, 2, 0.0)
-    assert torch.equal(run(), plain)
-    apply_upsample_guidance(pipe, 2, 1.0, eta=1.0)
-    rec = ForwardRecorder(pipe.unet)
-    guided = run()
-    rec.close()
-    sizes = [tuple(c[0]["sample"].shape[-2:]) for c in rec.calls]
-    assert sizes and sizes == [(16, 16), (8, 8)] * (len(sizes) // 2)
-    assert torch.isfinite(guided).all() and not torch.equal(guided, plain)
-
-
 # ---------------------------------------------------------------------- your own family
 def test_register_family_is_found_first_and_its_errors(monkeypatch):
     from ug_core.adapters.diffusers import Family, family_of, register_family

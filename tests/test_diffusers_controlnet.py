@@ -29,6 +29,7 @@ from diffusers_models import (
     tiny_controlnet_pipeline,
     tiny_sdxl_pipeline,
     tiny_unet,
+    tiny_union_controlnet,
     tiny_vae,
 )
 from test_diffusers_reference import check_eq10, split_calls
@@ -227,17 +228,10 @@ def test_guided_unet_keeps_t2i_adapter_residual_lists():
 
 
 def test_sdxl_controlnet_union():
-    from diffusers import ControlNetUnionModel, StableDiffusionXLControlNetUnionPipeline
+    from diffusers import StableDiffusionXLControlNetUnionPipeline
 
     base = tiny_sdxl_pipeline()
-    torch.manual_seed(3)
-    config = ControlNetUnionModel.from_unet(
-        base.unet, conditioning_embedding_out_channels=(8, 8)
-    ).config  # its control-type transformer is 320 wide whatever the UNet: shrink it
-    widths = dict(num_trans_channel=16, num_proj_channel=16, num_trans_head=2)
-    config = {k: v for k, v in config.items() if k != "_use_default_values"}
-    controlnet = ControlNetUnionModel.from_config({**config, **widths}).eval()
-    randomize_zero_params(controlnet, 3)
+    controlnet = tiny_union_controlnet(base.unet)
     pipe = sdxl_controlnet_pipeline(StableDiffusionXLControlNetUnionPipeline, base, controlnet)
     run_and_check(
         pipe,

@@ -53,16 +53,27 @@ _IMG = "tests/test_diffusers_image_variants.py::test_zimage_guided_calls"
 _VF = "tests/test_diffusers_video_families.py::test_guided_calls_equal_the_hand_written_reference"
 _VP = "tests/test_diffusers_video_families.py::test_vp_calls_equal_the_hand_written_reference"
 _CENSUS = "tests/test_diffusers_census.py"
-_VARIANTS = f"{_CENSUS}::test_unet_variants_sample_with_ug"
+_VARIANTS = "tests/test_diffusers_unet_variants.py::test_unet_variants_sample_with_ug"
 
 #: Pipeline class → (family name, pytest node id of a test that runs it with UG).
 SUPPORTED: dict[str, tuple[str, str]] = {
     "AllegroPipeline": ("Allegro", f"{_VP}[allegro]"),
+    "AltDiffusionImg2ImgPipeline": ("UNet", f"{_VARIANTS}[AltDiffusionImg2ImgPipeline]"),
+    "AltDiffusionPipeline": ("UNet", f"{_VARIANTS}[AltDiffusionPipeline]"),
     "AnimateDiffControlNetPipeline": (
         "video UNet",
         f"{_REF}::test_animatediff_controlnet_residuals_pooled_over_frames_and_pixels",
     ),
     "AnimateDiffPipeline": ("video UNet", f"{_REF}::test_animatediff_matches_eq10"),
+    "AnimateDiffSDXLPipeline": ("video UNet", f"{_VARIANTS}[AnimateDiffSDXLPipeline]"),
+    "AnimateDiffVideoToVideoControlNetPipeline": (
+        "video UNet",
+        f"{_VARIANTS}[AnimateDiffVideoToVideoControlNetPipeline]",
+    ),
+    "AnimateDiffVideoToVideoPipeline": (
+        "video UNet",
+        f"{_VARIANTS}[AnimateDiffVideoToVideoPipeline]",
+    ),
     "AuraFlowPipeline": ("AuraFlow", f"{_TR}[auraflow]"),
     "ChromaImg2ImgPipeline": ("Flux", f"{_TR}[chroma_img2img]"),
     "ChromaPipeline": ("Flux", f"{_TR}[chroma]"),
@@ -95,11 +106,34 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     "HunyuanVideoPipeline": ("HunyuanVideo", f"{_TR}[hunyuan_video_true_cfg]"),
     "EasyAnimateInpaintPipeline": ("EasyAnimate", f"{_VF}[easyanimate_inpaint]"),
     "EasyAnimatePipeline": ("EasyAnimate", f"{_VF}[easyanimate]"),
+    "IFImg2ImgPipeline": ("UNet", f"{_VARIANTS}[IFImg2ImgPipeline]"),
+    "IFImg2ImgSuperResolutionPipeline": ("UNet", f"{_VARIANTS}[IFImg2ImgSuperResolutionPipeline]"),
+    "IFInpaintingPipeline": ("UNet", f"{_VARIANTS}[IFInpaintingPipeline]"),
+    "IFInpaintingSuperResolutionPipeline": (
+        "UNet",
+        f"{_VARIANTS}[IFInpaintingSuperResolutionPipeline]",
+    ),
+    "IFPipeline": ("UNet", f"{_VARIANTS}[IFPipeline]"),
+    "IFSuperResolutionPipeline": ("UNet", f"{_VARIANTS}[IFSuperResolutionPipeline]"),
     "Kandinsky5I2IPipeline": ("Kandinsky 5", f"{_VF}[kandinsky5_i2i]"),
     "Kandinsky5I2VPipeline": ("Kandinsky 5", f"{_VF}[kandinsky5_i2v]"),
     "Kandinsky5T2IPipeline": ("Kandinsky 5", f"{_VF}[kandinsky5_t2i]"),
     "Kandinsky5T2VPipeline": ("Kandinsky 5", f"{_VF}[kandinsky5_t2v]"),
+    "KandinskyV22ControlnetImg2ImgPipeline": (
+        "UNet",
+        f"{_VARIANTS}[KandinskyV22ControlnetImg2ImgPipeline]",
+    ),
+    "KandinskyV22ControlnetPipeline": ("UNet", f"{_VARIANTS}[KandinskyV22ControlnetPipeline]"),
+    "KandinskyV22Img2ImgPipeline": ("UNet", f"{_VARIANTS}[KandinskyV22Img2ImgPipeline]"),
+    "KandinskyV22Pipeline": ("UNet", f"{_VARIANTS}[KandinskyV22Pipeline]"),
+    "LDMPipeline": ("UNet", f"{_VARIANTS}[LDMPipeline]"),
+    "LDMSuperResolutionPipeline": ("UNet", f"{_VARIANTS}[LDMSuperResolutionPipeline]"),
+    "LDMTextToImagePipeline": ("UNet", f"{_VARIANTS}[LDMTextToImagePipeline]"),
     "LTX2ConditionPipeline": ("LTX-2", f"{_VF}[ltx2_condition_keyframe]"),
+    "LatentConsistencyModelImg2ImgPipeline": (
+        "UNet",
+        f"{_VARIANTS}[LatentConsistencyModelImg2ImgPipeline]",
+    ),
     "LattePipeline": ("Latte", f"{_VP}[latte]"),
     "LTX2ImageToVideoPipeline": ("LTX-2", f"{_VF}[ltx2_i2v]"),
     "LucyEditPipeline": ("Wan", f"{_VF}[lucy_edit]"),
@@ -110,6 +144,8 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     "LTXPipeline": ("LTX-Video", f"{_TR}[ltx]"),
     "Lumina2Pipeline": ("Lumina 2", f"{_TR}[lumina2]"),
     "MochiPipeline": ("Mochi", f"{_TR}[mochi_inverted_sigmas]"),
+    "PNDMPipeline": ("UNet", f"{_VARIANTS}[PNDMPipeline]"),
+    "PaintByExamplePipeline": ("UNet", f"{_VARIANTS}[PaintByExamplePipeline]"),
     "PixArtAlphaPipeline": ("PixArt", f"{_TR}[pixart_alpha_micro]"),
     "PixArtSigmaPipeline": ("PixArt", f"{_TR}[pixart_sigma_binning]"),
     "QwenImage21Pipeline": ("Qwen-Image 2.1", f"{_TR}[qwenimage21_kv_cache_true_cfg]"),
@@ -137,17 +173,61 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     "StableDiffusion3Pipeline": ("SD3", f"{_TR}[sd3]"),
     "StableDiffusionAdapterPipeline": ("UNet", f"{_CN}::test_t2i_adapter"),
     "StableDiffusionControlNetImg2ImgPipeline": ("UNet", f"{_CN}::test_controlnet_img2img"),
+    "StableDiffusionControlNetInpaintPipeline": (
+        "UNet",
+        f"{_VARIANTS}[StableDiffusionControlNetInpaintPipeline]",
+    ),
     "StableDiffusionControlNetPipeline": ("UNet", f"{_REF}::test_controlnet_residuals_are_pooled"),
+    "StableDiffusionDepth2ImgPipeline": ("UNet", f"{_VARIANTS}[StableDiffusionDepth2ImgPipeline]"),
+    "StableDiffusionGLIGENPipeline": ("UNet", f"{_VARIANTS}[StableDiffusionGLIGENPipeline]"),
+    "StableDiffusionImageVariationPipeline": (
+        "UNet",
+        f"{_VARIANTS}[StableDiffusionImageVariationPipeline]",
+    ),
     "StableDiffusionInpaintPipeline": ("UNet", f"{_CN}::test_inpainting_unet"),
+    "StableDiffusionInpaintPipelineLegacy": (
+        "UNet",
+        f"{_VARIANTS}[StableDiffusionInpaintPipelineLegacy]",
+    ),
     "StableDiffusionInstructPix2PixPipeline": ("UNet", f"{_CN}::test_instruct_pix2pix_unet"),
     "StableDiffusionImg2ImgPipeline": ("UNet", f"{_VARIANTS}[StableDiffusionImg2ImgPipeline]"),
+    "StableDiffusionLDM3DPipeline": ("UNet", f"{_VARIANTS}[StableDiffusionLDM3DPipeline]"),
+    "StableDiffusionModelEditingPipeline": (
+        "UNet",
+        f"{_VARIANTS}[StableDiffusionModelEditingPipeline]",
+    ),
     "StableDiffusionPipeline": ("UNet", f"{_REF}::test_sd_with_cfg_matches_eq10_and_eq11"),
     "StableDiffusionUpscalePipeline": ("UNet", f"{_CN}::test_sd_x4_upscaler_unet"),
+    "StableDiffusionXLAdapterPipeline": ("UNet", f"{_VARIANTS}[StableDiffusionXLAdapterPipeline]"),
+    "StableDiffusionXLControlNetImg2ImgPipeline": (
+        "UNet",
+        f"{_VARIANTS}[StableDiffusionXLControlNetImg2ImgPipeline]",
+    ),
+    "StableDiffusionXLControlNetInpaintPipeline": (
+        "UNet",
+        f"{_VARIANTS}[StableDiffusionXLControlNetInpaintPipeline]",
+    ),
     "StableDiffusionXLControlNetPipeline": ("UNet", f"{_CN}::test_sdxl_controlnet"),
+    "StableDiffusionXLControlNetUnionImg2ImgPipeline": (
+        "UNet",
+        f"{_VARIANTS}[StableDiffusionXLControlNetUnionImg2ImgPipeline]",
+    ),
+    "StableDiffusionXLControlNetUnionInpaintPipeline": (
+        "UNet",
+        f"{_VARIANTS}[StableDiffusionXLControlNetUnionInpaintPipeline]",
+    ),
     "StableDiffusionXLControlNetUnionPipeline": ("UNet", f"{_CN}::test_sdxl_controlnet_union"),
     "StableDiffusionXLImg2ImgPipeline": ("UNet", f"{_VARIANTS}[StableDiffusionXLImg2ImgPipeline]"),
     "StableDiffusionXLInpaintPipeline": ("UNet", f"{_VARIANTS}[StableDiffusionXLInpaintPipeline]"),
+    "StableDiffusionXLInstructPix2PixPipeline": (
+        "UNet",
+        f"{_VARIANTS}[StableDiffusionXLInstructPix2PixPipeline]",
+    ),
     "StableDiffusionXLPipeline": ("UNet", f"{_REF}::test_sdxl_micro_conditioning"),
+    "StableUnCLIPImg2ImgPipeline": ("UNet", f"{_VARIANTS}[StableUnCLIPImg2ImgPipeline]"),
+    "StableUnCLIPPipeline": ("UNet", f"{_VARIANTS}[StableUnCLIPPipeline]"),
+    "TextToVideoSDPipeline": ("video UNet", f"{_VARIANTS}[TextToVideoSDPipeline]"),
+    "VideoToVideoSDPipeline": ("video UNet", f"{_VARIANTS}[VideoToVideoSDPipeline]"),
     "WanImageToVideoPipeline": ("Wan", f"{_VF}[wan21_flf2v]"),
     "WanPipeline": ("Wan", f"{_TR}[wan22_two_transformers]"),
     "WanVACEPipeline": ("Wan VACE", f"{_VF}[wan_vace_reference]"),
@@ -164,6 +244,18 @@ NO_TRANSLATOR = (
 UNTESTED = (
     "a variant of a supported family that no test runs with upsample guidance yet; its extra "
     "inputs have not been checked for the low-resolution call"
+)
+COMBINED = (
+    "a combined pipeline samples through its sub-pipelines (prior_pipe, then decoder_pipe), "
+    "whose progress bars the adapter does not watch, so guidance would never switch on: apply "
+    "upsample guidance to pipe.decoder_pipe instead"
+)
+KANDINSKY_INPAINT = (
+    "its UNet takes 9 channels (latent, masked image, mask) and predicts 8 (the noise and a "
+    "variance the pipeline discards); from in_channels=9 and out_channels=8 the adapter takes 8 "
+    "noisy channels, so the low-resolution call would get the mask and masked-image channels "
+    "scaled as noise and the variance guided as noise: telling them apart needs the 4 latent "
+    "channels, which the UNet family does not read from the pipeline"
 )
 IMAGE_TO_IMAGE = (
     "img2img / inpainting variant of a transformer family: starting from a given image (and "
@@ -248,16 +340,11 @@ SANA_WM = (
 
 #: Pipeline class → what it does that UG can't yet do correctly.
 UNSUPPORTED: dict[str, str] = {
-    "AltDiffusionImg2ImgPipeline": UNTESTED,
-    "AltDiffusionPipeline": UNTESTED,
     "AnimateDiffPAGPipeline": PAG,
-    "AnimateDiffSDXLPipeline": UNTESTED,
     "AnimateDiffSparseControlNetPipeline": (
         "SparseCtrl conditions a few keyframes through a ControlNet with a mask channel: pooling "
         "its residuals over merged frames is not written"
     ),
-    "AnimateDiffVideoToVideoControlNetPipeline": UNTESTED,
-    "AnimateDiffVideoToVideoPipeline": UNTESTED,
     "AnyFlowPipeline": (
         "a flow-map model: each call takes a second time (r_timestep) and predicts the jump from "
         "timestep to r_timestep, not the instantaneous velocity the guidance combines"
@@ -316,36 +403,23 @@ UNSUPPORTED: dict[str, str] = {
         "the output): there is no larger size for upsample guidance to sample"
     ),
     "I2VGenXLPipeline": IMAGE_TO_VIDEO,
-    "IFImg2ImgPipeline": UNTESTED,
-    "IFImg2ImgSuperResolutionPipeline": UNTESTED,
-    "IFInpaintingPipeline": UNTESTED,
-    "IFInpaintingSuperResolutionPipeline": UNTESTED,
-    "IFPipeline": UNTESTED,
-    "IFSuperResolutionPipeline": UNTESTED,
     "Ideogram4Pipeline": NO_TRANSLATOR,
     "JoyImageEditPipeline": NO_TRANSLATOR,
     "JoyImageEditPlusPipeline": NO_TRANSLATOR,
     "Kandinsky3Img2ImgPipeline": NO_TRANSLATOR,
     "Kandinsky3Pipeline": NO_TRANSLATOR,
-    "KandinskyCombinedPipeline": UNTESTED,
-    "KandinskyImg2ImgCombinedPipeline": UNTESTED,
+    "KandinskyCombinedPipeline": COMBINED,
+    "KandinskyImg2ImgCombinedPipeline": COMBINED,
     "KandinskyImg2ImgPipeline": UNTESTED,
-    "KandinskyInpaintCombinedPipeline": UNTESTED,
-    "KandinskyInpaintPipeline": UNTESTED,
+    "KandinskyInpaintCombinedPipeline": KANDINSKY_INPAINT,
+    "KandinskyInpaintPipeline": KANDINSKY_INPAINT,
     "KandinskyPipeline": UNTESTED,
-    "KandinskyV22CombinedPipeline": UNTESTED,
-    "KandinskyV22ControlnetImg2ImgPipeline": UNTESTED,
-    "KandinskyV22ControlnetPipeline": UNTESTED,
-    "KandinskyV22Img2ImgCombinedPipeline": UNTESTED,
-    "KandinskyV22Img2ImgPipeline": UNTESTED,
-    "KandinskyV22InpaintCombinedPipeline": UNTESTED,
-    "KandinskyV22InpaintPipeline": UNTESTED,
-    "KandinskyV22Pipeline": UNTESTED,
+    "KandinskyV22CombinedPipeline": COMBINED,
+    "KandinskyV22Img2ImgCombinedPipeline": COMBINED,
+    "KandinskyV22InpaintCombinedPipeline": KANDINSKY_INPAINT,
+    "KandinskyV22InpaintPipeline": KANDINSKY_INPAINT,
     "KarrasVePipeline": NOT_A_TIMESTEP,
     "Krea2Pipeline": NO_TRANSLATOR,
-    "LDMPipeline": UNTESTED,
-    "LDMSuperResolutionPipeline": UNTESTED,
-    "LDMTextToImagePipeline": UNTESTED,
     "LEditsPPPipelineStableDiffusion": INVERSION_EDIT,
     "LEditsPPPipelineStableDiffusionXL": INVERSION_EDIT,
     "LTX2DFRPipeline": LTX2_PER_TOKEN,
@@ -363,7 +437,6 @@ UNSUPPORTED: dict[str, str] = {
         "samples a long video in overlapping temporal windows, each conditioned on the previous "
         "window's latents as reference tokens: not handled for the low-resolution call"
     ),
-    "LatentConsistencyModelImg2ImgPipeline": UNTESTED,
     "LongCatImageEditPipeline": NO_TRANSLATOR,
     "LongCatImagePipeline": NO_TRANSLATOR,
     "LuminaPipeline": NO_TRANSLATOR,
@@ -373,10 +446,8 @@ UNSUPPORTED: dict[str, str] = {
     "OmniGenPipeline": NO_TRANSLATOR,
     "OvisImagePipeline": NO_TRANSLATOR,
     "PIAPipeline": IMAGE_TO_VIDEO,
-    "PNDMPipeline": UNTESTED,
     "PRXPipeline": NO_TRANSLATOR,
     "PRXPixelPipeline": NO_TRANSLATOR,
-    "PaintByExamplePipeline": UNTESTED,
     "PixArtSigmaPAGPipeline": PAG,
     "QwenImageControlNetInpaintPipeline": TOKEN_CONTROLNET,
     "QwenImageEditInpaintPipeline": REFERENCE_TOKENS,
@@ -399,22 +470,15 @@ UNSUPPORTED: dict[str, str] = {
     "StableDiffusion3PAGImg2ImgPipeline": PAG,
     "StableDiffusion3PAGPipeline": PAG,
     "StableDiffusionAttendAndExcitePipeline": EXTRA_GUIDANCE,
-    "StableDiffusionControlNetInpaintPipeline": UNTESTED,
     "StableDiffusionControlNetPAGInpaintPipeline": PAG,
     "StableDiffusionControlNetPAGPipeline": PAG,
     "StableDiffusionControlNetXSPipeline": (
         "fuses the UNet and the ControlNet-XS adapter into one UNetControlNetXSModel, which has "
         "no translator"
     ),
-    "StableDiffusionDepth2ImgPipeline": UNTESTED,
     "StableDiffusionDiffEditPipeline": INVERSION_EDIT,
-    "StableDiffusionGLIGENPipeline": UNTESTED,
     "StableDiffusionGLIGENTextImagePipeline": UNTESTED,
-    "StableDiffusionImageVariationPipeline": UNTESTED,
-    "StableDiffusionInpaintPipelineLegacy": UNTESTED,
-    "StableDiffusionLDM3DPipeline": UNTESTED,
     "StableDiffusionLatentUpscalePipeline": NOT_A_TIMESTEP,
-    "StableDiffusionModelEditingPipeline": UNTESTED,
     "StableDiffusionPAGImg2ImgPipeline": PAG,
     "StableDiffusionPAGInpaintPipeline": PAG,
     "StableDiffusionPAGPipeline": PAG,
@@ -426,25 +490,16 @@ UNSUPPORTED: dict[str, str] = {
     "StableDiffusionPipelineSafe": EXTRA_GUIDANCE,
     "StableDiffusionPix2PixZeroPipeline": INVERSION_EDIT,
     "StableDiffusionSAGPipeline": EXTRA_GUIDANCE,
-    "StableDiffusionXLAdapterPipeline": UNTESTED,
-    "StableDiffusionXLControlNetImg2ImgPipeline": UNTESTED,
-    "StableDiffusionXLControlNetInpaintPipeline": UNTESTED,
     "StableDiffusionXLControlNetPAGImg2ImgPipeline": PAG,
     "StableDiffusionXLControlNetPAGPipeline": PAG,
-    "StableDiffusionXLControlNetUnionImg2ImgPipeline": UNTESTED,
-    "StableDiffusionXLControlNetUnionInpaintPipeline": UNTESTED,
     "StableDiffusionXLControlNetXSPipeline": (
         "fuses the UNet and the ControlNet-XS adapter into one UNetControlNetXSModel, which has "
         "no translator"
     ),
-    "StableDiffusionXLInstructPix2PixPipeline": UNTESTED,
     "StableDiffusionXLPAGImg2ImgPipeline": PAG,
     "StableDiffusionXLPAGInpaintPipeline": PAG,
     "StableDiffusionXLPAGPipeline": PAG,
-    "StableUnCLIPImg2ImgPipeline": UNTESTED,
-    "StableUnCLIPPipeline": UNTESTED,
     "StableVideoDiffusionPipeline": NO_TRANSLATOR,
-    "TextToVideoSDPipeline": UNTESTED,
     "TextToVideoZeroPipeline": (
         "Text2Video-Zero warps the first frame's latents and shares its attention across "
         "frames; not tested with upsample guidance"
@@ -453,7 +508,6 @@ UNSUPPORTED: dict[str, str] = {
         "Text2Video-Zero warps the first frame's latents and shares its attention across "
         "frames; not tested with upsample guidance"
     ),
-    "VideoToVideoSDPipeline": UNTESTED,
     "VisualClozeGenerationPipeline": (
         "samples a grid of in-context example panels together: the trained size is a panel's, "
         "and the panels' positions are not mapped to a low grid"
@@ -539,8 +593,8 @@ FAMILY_DOCS: dict[str, tuple[str, str, str]] = {
         "VP (ε, x0 or v), timestep index (fractional with Karras sigmas)",
         "`(B, C, H, W)`; extra input channels are conditioning, 2× output channels a learned "
         "variance",
-        "pooled ControlNet/T2I residuals, block-averaged conditioning channels, SDXL size ids "
-        "of the low image",
+        "pooled ControlNet/T2I residuals, block-averaged conditioning channels and Kandinsky "
+        "2.2 hint images, SDXL size ids of the low image",
     ),
     "video UNet": (
         "VP",

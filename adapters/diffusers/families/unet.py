@@ -76,7 +76,7 @@ class UNet(Family):
         return (1, 1, 1) if self.video else (1, 1)
 
     def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
-        """ControlNet residuals pooled; per-frame embeddings averaged; SDXL size ids divided."""
+        """Residuals and hint images pooled; frame embeddings averaged; SDXL size ids divided."""
         frames = call.grid[0] if self.video else None
         for name in UNET_RESIDUALS:
             if self.video:
@@ -93,10 +93,12 @@ class UNet(Family):
             low["encoder_hidden_states"] = _frame_mean(ehs, call.batch, frames, factors[0])
         added = low.get("added_cond_kwargs")
         if micro == "low" and isinstance(added, dict) and "time_ids" in added:
-            low["added_cond_kwargs"] = {
-                **added,
-                "time_ids": _low_time_ids(added["time_ids"], *factors[-2:]),
-            }
+            added = {**added, "time_ids": _low_time_ids(added["time_ids"], *factors[-2:])}
+        hint = added.get("hint") if isinstance(added, dict) and not self.video else None
+        if hint is not None:  # Kandinsky 2.2 ControlNet: pixels the UNet embeds onto the grid
+            added = {**added, "hint": pool_grid(hint, "added_cond_kwargs['hint']", factors)}
+        if isinstance(added, dict):
+            low["added_cond_kwargs"] = added
 
     def request_latents(self, pipe: Any, sizes: dict) -> dict[str, tuple[int, Any]]:
         """Latent height/width = pixels / vae_scale_factor; AnimateDiff frames are frames."""
