@@ -60,7 +60,8 @@ TOOLTIPS = {
     "eta": "How much of sampling to guide, from the start: like end_percent with start_percent 0 "
     "on ComfyUI's other nodes. 1 guides every step; 0.6 (the paper's choice for latent models) "
     "leaves the last 40 % to the model alone, for fine detail. Counted on the model's time axis "
-    "(on flow models such as SD3, Flux and Wan: the noise level).",
+    "(on flow models such as SD3, Flux and Wan: the noise level). With a factor that is not a "
+    "whole number (1.5, 1.25, ...) use 1: below it the guidance helps little there.",
     "time_matching": "How the trained-size pass finds its noise level. The large image's noise, "
     "averaged down, is weaker: exact uses the noise level that matches it exactly, nearest the "
     "nearest of the model's training steps (the paper's choice); in ComfyUI both give the same "
