@@ -241,7 +241,8 @@ def test_the_report_renders_the_testbed_tables():
     )
     assert "| ×3/2 | VP-ε | 0.050 | 0.060 | 0.050 | 0.400 | – | 0.045 | 0.045 |" in text  # η = 1
     assert "Integer factors, both forms: yes, UG (η = 1) / trained size = 1.20–1.20×" in text
-    assert "whitening: no, 1.20–1.20×" in text and "mean k is 8.89–8.89×" in text
+    assert 'now `ratio_noise="whiten"`): no, 1.20–1.20×' in text
+    assert "one ζ per sample (the library's form" in text and "mean k is 8.89–8.89×" in text
     assert "| ×2 | flow | 0.050 | 0.400 | 0.060 | – | – | – | – |" in text  # ablation
     page = "\n".join(report.testbed_md_lines(res))
     assert "| UG η=1: W·D[x] against λ_low | 0.050 | n/a |" in page
