@@ -202,7 +202,10 @@ class TopUpNoise:
     def draw(
         self, x: torch.Tensor, low_shape: tuple[int, ...], level: float, factors: Sequence[Any]
     ) -> torch.Tensor:
-        """ζ of the trajectory ``x`` is on, at time fraction ``level`` (float64, x's device)."""
+        """ζ of the trajectory ``x`` is on, at time fraction ``level``.
+
+        On x's device; float64 for a float64 x, else float32.
+        """
         key = (tuple(low_shape), x.device)
         state = self._state
         if state is None or state[0] != key or level > state[1]:
@@ -211,7 +214,8 @@ class TopUpNoise:
             for row in head.tolist():  # one host read per trajectory
                 gen = torch.Generator().manual_seed(hash(tuple(row)) & (2**63 - 1))
                 rows.append(torch.randn(low_shape[1:], generator=gen, dtype=torch.float64))
-            zeta = top_up_noise(torch.stack(rows), factors).to(x.device)
+            dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # MPS: no f64
+            zeta = top_up_noise(torch.stack(rows), factors).to(x.device, dtype)
             state = (key, level, zeta)
         self._state = (key, level, state[2])
         return state[2]
