@@ -138,7 +138,7 @@ def test_refusal_by_class_and_by_nearest_listed_base():
         "StableDiffusionParadigmsPipeline is not supported yet: ParaDiGMS denoises many timesteps"
     )
     assert census.refusal(AudioLDMPipeline) == (
-        f"upsample guidance does not apply to AudioLDMPipeline: {census.AUDIO}"
+        f"upsample guidance does not apply to AudioLDMPipeline: {census.REASONS['AUDIO']}"
     )
     assert census.refusal(torch.nn.Module) is None  # not a pipeline the census knows
 
