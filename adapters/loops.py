@@ -118,13 +118,13 @@ def sample_ddpm(
     model: Callable[..., torch.Tensor],
     schedule: DiscreteSchedule,
     steps: int = 1000,
-    generator: torch.Generator | None = None,
-    guidance: UpsampleGuidance | None = None,
+    *args: Any,
     **options: Any,
 ) -> torch.Tensor:
     """DDPM ancestral sampling: each step draws x_prev from the posterior q(x_prev | x_t, x0̂).
 
     With fewer steps than the schedule has, the posterior is that of the strided chain: this is
-    :func:`sample_ddim` with ``ddim_eta=1``, and takes its other keyword arguments.
+    :func:`sample_ddim` with ``ddim_eta=1``, and takes its other arguments (``generator``,
+    ``guidance``, then its keywords).
     """
-    return sample_ddim(model, schedule, steps, generator, guidance, ddim_eta=1.0, **options)
+    return sample_ddim(model, schedule, steps, *args, ddim_eta=1.0, **options)

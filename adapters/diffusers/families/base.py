@@ -163,9 +163,16 @@ class Family:
         return scheduler_time * self.time_unit(module)
 
     def patch(self, module: torch.nn.Module) -> tuple[int, ...]:
-        """The patch size per grid axis: grid sizes must be multiples of factor × patch."""
+        """The patch size per grid axis: grid sizes must be multiples of factor × patch.
+
+        ``patch_size`` as given per axis, or one int for height and width; on a video's frame
+        axis ``patch_size_t``, or 1 (each frame patched on its own).
+        """
         p = getattr(module.config, "patch_size", 1) or 1
-        return (p, p) if isinstance(p, int) else tuple(p)
+        if not isinstance(p, int):
+            return tuple(p)
+        frames = getattr(module.config, "patch_size_t", None) or 1
+        return (frames, p, p) if self.video else (p, p)
 
     def out_channels(self, module: torch.nn.Module, channels: int) -> int:
         """The output's grid channels for an input grid of ``channels`` (config in/out ratio).

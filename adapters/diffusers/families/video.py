@@ -101,11 +101,6 @@ class Mochi(Family):
     classes = ("MochiTransformer3DModel",)
     video = True
 
-    def patch(self, module: torch.nn.Module) -> tuple[int, ...]:
-        """Mochi patches each frame 2×2."""
-        p = module.config.patch_size
-        return (1, p, p)
-
     def sign(self, scheduler: Any) -> float:
         """-1 with inverted sigmas: the model predicts x0 − ε."""
         return -1.0 if _inverted(scheduler) else 1.0
@@ -252,11 +247,6 @@ class HunyuanVideo(Family):
     classes = ("HunyuanVideoTransformer3DModel",)
     video = True
 
-    def patch(self, module: torch.nn.Module) -> tuple[int, ...]:
-        """``(patch_size_t, patch_size, patch_size)``."""
-        p, pt = module.config.patch_size, getattr(module.config, "patch_size_t", 1) or 1
-        return (pt, p, p)
-
     def grid_time(self, t: Any, call: Call) -> Any:
         """With ``token_replace``: the call's time on every frame but the clean first (0)."""
         if getattr(call.module.config, "image_condition_type", None) != "token_replace":
@@ -323,11 +313,6 @@ class RopeVideo(Family):
     """The pipeline class whose method computes the embeddings."""
     rope_batch = False
     """Whether that method takes the batch size first (Allegro's)."""
-
-    def patch(self, module: torch.nn.Module) -> tuple[int, ...]:
-        """``(patch_size_t or 1, patch_size, patch_size)``."""
-        p, pt = module.config.patch_size, getattr(module.config, "patch_size_t", None) or 1
-        return (pt, p, p)
 
     def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
         """Rotary embeddings of the low grid."""
@@ -402,11 +387,6 @@ class LTXVideo(Family):
     name = "LTX-Video"
     classes = ("LTXVideoTransformer3DModel",)
     video = True
-
-    def patch(self, module: torch.nn.Module) -> tuple[int, ...]:
-        """``(patch_size_t, patch_size, patch_size)``."""
-        p, pt = module.config.patch_size, getattr(module.config, "patch_size_t", 1) or 1
-        return (pt, p, p)
 
     def grid_of(self, sample: torch.Tensor, call: Call) -> tuple[int, ...]:
         """``(num_frames, height, width)`` from the call, or from the request (``video_coords``)."""
@@ -592,10 +572,6 @@ class Kandinsky5(Family):
     classes = ("Kandinsky5Transformer3DModel",)
     video = True
 
-    def patch(self, module: torch.nn.Module) -> tuple[int, ...]:
-        """``patch_size`` (frames, height, width)."""
-        return tuple(module.config.patch_size)
-
     def out_channels(self, module: torch.nn.Module, channels: int) -> int:
         """``out_visual_dim``: the noisy channels (the rest are conditioning)."""
         return module.config.out_visual_dim
@@ -662,11 +638,6 @@ class Latte(Family):
     video = True
     predictions = ("epsilon", "v_prediction")
 
-    def patch(self, module: torch.nn.Module) -> tuple[int, ...]:
-        """Each frame is patched ``patch_size × patch_size``."""
-        p = module.config.patch_size
-        return (1, p, p)
-
     def grid_time(self, t: Any, call: Call) -> Any:
         """The call's time; temporal factors are refused (a fixed temporal embedding)."""
         if _temporal_factor(call):
@@ -699,11 +670,6 @@ class EasyAnimate(Family):
     classes = ("EasyAnimateTransformer3DModel",)
     video = True
     conditioning = ("inpaint_latents", "control_latents")
-
-    def patch(self, module: torch.nn.Module) -> tuple[int, ...]:
-        """Each frame is patched ``patch_size × patch_size``."""
-        p = module.config.patch_size
-        return (1, p, p)
 
     def out_channels(self, module: torch.nn.Module, channels: int) -> int:
         """The sample is all noisy (the conditioning comes in its own arguments)."""
