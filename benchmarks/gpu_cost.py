@@ -70,18 +70,9 @@ SDXL_UNET = dict(
     projection_class_embeddings_input_dim=2816,
     use_linear_projection=True,
 )
+#: SD3 medium's shape: SD3Transformer2DModel's defaults (SD3 at 1024 px) with 24 layers and heads.
 SD3_MEDIUM = dict(
-    sample_size=128,
-    patch_size=2,
-    in_channels=16,
-    out_channels=16,
-    num_layers=24,
-    attention_head_dim=64,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    caption_projection_dim=1536,
-    pooled_projection_dim=2048,
-    pos_embed_max_size=192,
+    num_layers=24, num_attention_heads=24, caption_projection_dim=1536, pos_embed_max_size=192
 )
 
 
@@ -171,25 +162,22 @@ def full_models(device: torch.device, dtype: torch.dtype) -> list[Model]:
             output_type="latent", generator=torch.Generator(device).manual_seed(0),
         )  # fmt: skip
 
-    def sdxl_call(size: int, steps: int) -> dict:
-        return dict(
-            prompt_embeds=_embeds(1, 77, 2048).to(device, dtype),
-            negative_prompt_embeds=_embeds(1, 77, 2048, seed=1).to(device, dtype),
-            pooled_prompt_embeds=_embeds(1, 1280).to(device, dtype),
-            negative_pooled_prompt_embeds=_embeds(1, 1280, seed=1).to(device, dtype),
-            height=size, width=size, num_inference_steps=steps, guidance_scale=7.0,
-            output_type="latent", generator=torch.Generator(device).manual_seed(0),
-        )  # fmt: skip
+    def pooled_call(tokens: int, dim: int, pooled: int):
+        """The call arguments of a pipeline with pooled text embeddings (SDXL, SD3)."""
 
-    def sd3_call(size: int, steps: int) -> dict:
-        return dict(
-            prompt_embeds=_embeds(1, 333, 4096).to(device, dtype),
-            negative_prompt_embeds=_embeds(1, 333, 4096, seed=1).to(device, dtype),
-            pooled_prompt_embeds=_embeds(1, 2048).to(device, dtype),
-            negative_pooled_prompt_embeds=_embeds(1, 2048, seed=1).to(device, dtype),
-            height=size, width=size, num_inference_steps=steps, guidance_scale=7.0,
-            output_type="latent", generator=torch.Generator(device).manual_seed(0),
-        )  # fmt: skip
+        def call(size: int, steps: int) -> dict:
+            return dict(
+                prompt_embeds=_embeds(1, tokens, dim).to(device, dtype),
+                negative_prompt_embeds=_embeds(1, tokens, dim, seed=1).to(device, dtype),
+                pooled_prompt_embeds=_embeds(1, pooled).to(device, dtype),
+                negative_pooled_prompt_embeds=_embeds(1, pooled, seed=1).to(device, dtype),
+                height=size, width=size, num_inference_steps=steps, guidance_scale=7.0,
+                output_type="latent", generator=torch.Generator(device).manual_seed(0),
+            )  # fmt: skip
+
+        return call
+
+    sdxl_call, sd3_call = pooled_call(77, 2048, 1280), pooled_call(333, 4096, 2048)
 
     def unet_inputs(dim: int, sdxl_ids: bool = False):
         def inputs(latent: int) -> dict:

@@ -551,7 +551,9 @@ def test_hunyuan_token_replace_keeps_the_first_frame_clean_and_unscaled():
     pipe = tiny_hunyuan_i2v_pipeline(condition="token_replace")
     apply_upsample_guidance(pipe, (2, 2, 2), 1.0)
     rec = ForwardRecorder(pipe.transformer)
-    match = r"image_condition_type='token_replace' keeps the first latent frame clean .* \(1, fh"
+    match = (
+        r"image_condition_type='token_replace' takes spatial factors only: .* clean first .*\(1, fh"
+    )
     with pytest.raises(ValueError, match=match):
         pipe(**hunyuan_i2v_kwargs(height=128, width=128, num_frames=21))
     assert rec.calls == []
@@ -621,9 +623,24 @@ def test_allegro_rotary_embeddings_and_latte_frames():
     pipe = tiny_latte_pipeline()
     apply_upsample_guidance(pipe, (2, 2, 2), 1.0)
     rec = ForwardRecorder(pipe.transformer)
-    with pytest.raises(ValueError, match=r"Latte takes spatial factors only: its temporal position "
-                                         r"embedding holds 4 frames"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"Latte takes spatial factors only: .* its temporal "
+                                         r"position embedding holds 4 frames"):  # fmt: skip
         pipe(**latte_kwargs(height=128, width=128))
+    assert rec.calls == []
+
+
+def test_chronoedit_refuses_temporal_factors_before_any_call():
+    """ChronoEdit's first and last latent frames are the input and the edit: a temporal factor
+    would merge them with the frames between, so it is refused before the transformer runs."""
+    pipe = tiny_wan_variant_pipeline(kind="chronoedit")
+    apply_upsample_guidance(pipe, (2, 2, 2), 1.0)
+    rec = ForwardRecorder(pipe.transformer)
+    match = (
+        r"ChronoEdit takes spatial factors only: the latent grid \(2, 16, 16\) would become "
+        r"\(1, 8, 8\), and its first and last latent frames are the input and the edit"
+    )
+    with pytest.raises(ValueError, match=match):
+        pipe(**wan_variant_kwargs(**WAN_2X_FRAMES, kind="chronoedit"))
     assert rec.calls == []
 
 
@@ -659,7 +676,7 @@ def test_ltx_condition_clips_are_pooled_with_coordinates_of_the_low_grid():
     pipe = tiny_ltx_variant_pipeline(kind="condition")
     apply_upsample_guidance(pipe, (2, 2, 2), 1.0)
     rec = ForwardRecorder(pipe.transformer)
-    with pytest.raises(ValueError, match=r"video_coords \(LTXConditionPipeline\) take spatial "
+    with pytest.raises(ValueError, match=r"video_coords \(LTXConditionPipeline\) takes spatial "
                                          r"factors only"):  # fmt: skip
         pipe(**ltx_variant_kwargs(height=256, width=256, num_frames=25, kind="condition"))
     assert rec.calls == []
@@ -712,8 +729,8 @@ def test_ltx2_audio_rides_along_and_the_video_gets_the_low_grid():
     pipe = tiny_ltx2_pipeline()
     apply_upsample_guidance(pipe, (2, 2, 2), 1.0)
     rec = ForwardRecorder(pipe.transformer)
-    with pytest.raises(ValueError, match=r"LTX-2 takes spatial factors only: its audio spans the "
-                                         r"video's duration"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"LTX-2 takes spatial factors only: .* its audio spans "
+                                         r"the video's duration"):  # fmt: skip
         pipe(**ltx2_kwargs(height=32, width=32, num_frames=7))
     assert rec.calls == []
 

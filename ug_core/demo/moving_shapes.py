@@ -35,7 +35,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .shapes import CLASSES, MARGIN, RADIUS_RANGE, ShapeParams, _as_size, _inside, sample_params
+from .shapes import (
+    CLASSES,
+    MARGIN,
+    RADIUS_RANGE,
+    Batch,
+    ShapeParams,
+    _as_size,
+    _inside,
+    sample_params,
+)
 
 __all__ = [
     "CLASSES",
@@ -57,22 +66,13 @@ assert SPEED_RANGE[1] < _MIN_FREE
 
 
 @dataclass
-class ClipParams:
+class ClipParams(Batch):
     """Resolution- and frame-count-free parameters of a batch of clips (one row per clip)."""
 
     shape: ShapeParams
     """The shape and background; ``shape.center`` is the centre at time 0."""
     velocity: np.ndarray
     """Velocity (du/dt, dv/dt) in image sides per clip duration, float64, shape (n, 2)."""
-
-    def __len__(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, index: int | slice | np.ndarray) -> ClipParams:
-        """A subset of the batch (an int keeps a batch of one)."""
-        if isinstance(index, (int, np.integer)):
-            index = slice(int(index), int(index) + 1)
-        return ClipParams(self.shape[index], self.velocity[index])
 
     @property
     def label(self) -> np.ndarray:

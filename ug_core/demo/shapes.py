@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,8 +56,25 @@ _AREA_FACTOR = (
 )
 
 
+class Batch:
+    """A dataclass of batched fields (arrays, or batches), one row per sample.
+
+    ``len`` is the number of rows and ``batch[index]`` the rows ``index`` as the same class (an
+    int keeps a batch of one).
+    """
+
+    def __len__(self) -> int:
+        return len(getattr(self, fields(self)[0].name))  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int | slice | np.ndarray) -> Any:
+        if isinstance(index, (int, np.integer)):
+            index = slice(int(index), int(index) + 1)
+        rows = {f.name: getattr(self, f.name)[index] for f in fields(self)}  # type: ignore[arg-type]
+        return type(self)(**rows)
+
+
 @dataclass
-class ShapeParams:
+class ShapeParams(Batch):
     """Resolution-free parameters of a batch of shape images (numpy arrays, one row per image)."""
 
     label: np.ndarray
@@ -75,15 +93,6 @@ class ShapeParams:
     """Background colour at the end of the gradient (equal to start for a plain one), (n, 3)."""
     bg_direction: np.ndarray
     """Gradient direction in radians, float64, shape (n,)."""
-
-    def __len__(self) -> int:
-        return int(self.label.shape[0])
-
-    def __getitem__(self, index: int | slice | np.ndarray) -> ShapeParams:
-        """A subset of the batch (an int keeps a batch of one)."""
-        if isinstance(index, (int, np.integer)):
-            index = slice(int(index), int(index) + 1)
-        return ShapeParams(**{k: v[index] for k, v in self.__dict__.items()})
 
     @property
     def area(self) -> np.ndarray:

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import shapes
-from .shapes import CLASSES, ShapeParams, _as_size, _inside
+from .shapes import CLASSES, Batch, ShapeParams, _as_size, _inside
 
 __all__ = [
     "AMPLITUDE_RANGE",
@@ -76,19 +76,8 @@ SEGMENT_THRESHOLD = 0.5
 TWO_OBJECT_SCALE = (0.6, 0.9)
 
 
-def _rows(obj: object, index: int | slice | np.ndarray) -> dict:
-    """Every array field of a dataclass ``obj`` indexed by ``index`` (an int keeps one row)."""
-    if isinstance(index, (int, np.integer)):
-        index = slice(int(index), int(index) + 1)
-    out = {}
-    for f in fields(obj):  # type: ignore[arg-type]
-        value = getattr(obj, f.name)
-        out[f.name] = value[index] if hasattr(value, "__getitem__") else value
-    return out
-
-
 @dataclass
-class TextureParams:
+class TextureParams(Batch):
     """A batch of fractal textures (numpy arrays, one row per scene)."""
 
     beta: np.ndarray
@@ -108,16 +97,9 @@ class TextureParams:
     weight: np.ndarray
     """Wave weights, float64 (n, K); ``sum(weight**2) / 2 = 1`` (unit variance in the continuum)."""
 
-    def __len__(self) -> int:
-        return int(self.beta.shape[0])
-
-    def __getitem__(self, index: int | slice | np.ndarray) -> TextureParams:
-        """A subset of the batch (an int keeps a batch of one)."""
-        return TextureParams(**_rows(self, index))
-
 
 @dataclass
-class SceneParams:
+class SceneParams(Batch):
     """Resolution-free parameters of a batch of scenes: a shape, two textures, maybe a duplicate."""
 
     shape: ShapeParams
@@ -130,21 +112,6 @@ class SceneParams:
     """A second shape (same colour and texture as the first) where ``count == 2``."""
     count: np.ndarray
     """Number of shapes, 1 or 2, int64 (n,)."""
-
-    def __len__(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, index: int | slice | np.ndarray) -> SceneParams:
-        """A subset of the batch (an int keeps a batch of one)."""
-        if isinstance(index, (int, np.integer)):
-            index = slice(int(index), int(index) + 1)
-        return SceneParams(
-            self.shape[index],
-            self.background[index],
-            self.foreground[index],
-            self.second[index],
-            self.count[index],
-        )
 
     @property
     def textured(self) -> np.ndarray:

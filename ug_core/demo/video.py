@@ -24,7 +24,6 @@ with factors on (frames, height, width). Example::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,10 @@ import torch
 
 from ..operators import normalize_factors
 from .model import SCHEDULER_CONFIG as IMAGE_SCHEDULER_CONFIG
-from .model import low_res_noise  # the trained-size x_T: factors on (frames, height, width)
+from .model import (  # the trained-size x_T: factors on (frames, height, width)
+    _read_json,
+    low_res_noise,
+)
 
 __all__ = [
     "ASSET_DIR",
@@ -216,17 +218,6 @@ class VideoModel:
             if factors is not None:
                 remove_upsample_guidance(pipe)
         return out.float().clamp(-1, 1).cpu()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``, or ValueError."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object")
-    return data
 
 
 def load(path: str | Path | None = None, device: str | torch.device = "cpu") -> VideoModel:

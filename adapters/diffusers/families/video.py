@@ -56,9 +56,13 @@ def frame_time_map(t: torch.Tensor, frames: int, pt: int) -> torch.Tensor:
     return t.repeat_interleave(pt, dim=1).reshape(t.shape[0], 1, frames, 1, 1)
 
 
-def _temporal_factor(call: Call) -> bool:
-    """Whether the call's factors merge frames (the low grid has fewer frames)."""
-    return call.low_grid[0] != call.grid[0]
+def _spatial_only(call: Call, who: str, why: str) -> None:
+    """ValueError if the call's factors merge frames, which ``who`` can't take because ``why``."""
+    if call.low_grid[0] != call.grid[0]:
+        raise ValueError(
+            f"{who} takes spatial factors only: the latent grid {call.grid} would become "
+            f"{call.low_grid}, and {why}; use factors (1, fh, fw)"
+        )
 
 
 class SanaVideo(Family):
@@ -166,12 +170,9 @@ class ChronoEdit(Wan):
 
     def grid_time(self, t: Any, call: Call) -> Any:
         """The call's time; temporal factors are refused."""
-        if _temporal_factor(call):
-            raise ValueError(
-                "ChronoEdit takes spatial factors only: its first and last latent frames are the "
-                f"input and the edited image (latent grid {call.grid} would become "
-                f"{call.low_grid}); use factors (1, fh, fw)"
-            )
+        _spatial_only(
+            call, "ChronoEdit", "its first and last latent frames are the input and the edit"
+        )
         return super().grid_time(t, call)
 
 
@@ -216,13 +217,9 @@ class SkyReelsV2(Family):
         if not (isinstance(t, torch.Tensor) and t.ndim == 2):
             return t
         blocks = getattr(call.module.config, "num_frame_per_block", 1) or 1
-        if blocks > 1 and _temporal_factor(call):
-            raise ValueError(
-                f"SkyReels-V2 diffusion forcing with causal blocks of {blocks} frames takes "
-                f"spatial factors only: the latent grid {call.grid} would become {call.low_grid}, "
-                "and the low call's causal blocks would span twice as many frames; use "
-                "factors (1, fh, fw)"
-            )
+        if blocks > 1:
+            who = f"SkyReels-V2 diffusion forcing with causal blocks of {blocks} frames"
+            _spatial_only(call, who, "the low call's causal blocks would span more frames")
         return frame_time_map(t, call.grid[0], self.patch(call.module)[0])
 
     def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
@@ -257,12 +254,9 @@ class HunyuanVideo(Family):
     @staticmethod
     def first_clean(t: Any, call: Call, pt: int, what: str) -> Any:
         """A per-frame map of ``t`` (a tensor, or the host's number) with the first frame at 0."""
-        if _temporal_factor(call):
-            raise ValueError(
-                f"{what} keeps the first latent frame clean (time 0); a temporal factor would "
-                f"merge it with noisy frames (latent grid {call.grid} to {call.low_grid}): use "
-                "factors (1, fh, fw)"
-            )
+        _spatial_only(
+            call, what, "the clean first latent frame (time 0) would merge with noisy ones"
+        )
         frames = call.grid[0]
         noisy = torch.ones(frames, dtype=torch.float64)
         noisy[:pt] = 0.0
@@ -426,13 +420,9 @@ class LTXVideo(Family):
 
     def grid_time(self, t: Any, call: Call) -> Any:
         """A per-token timestep as a map on the latent grid (spatial factors with coords)."""
-        if call.named.get("video_coords") is not None and _temporal_factor(call):
-            raise ValueError(
-                "LTX-Video calls with video_coords (LTXConditionPipeline) take spatial factors "
-                "only: their conditioning clips sit at frame positions of their own, which a "
-                f"temporal factor (latent grid {call.grid} to {call.low_grid}) would merge; use "
-                "factors (1, fh, fw)"
-            )
+        if call.named.get("video_coords") is not None:
+            who = "LTX-Video with video_coords (LTXConditionPipeline)"
+            _spatial_only(call, who, "its conditioning clips' own frame positions would merge")
         if isinstance(t, torch.Tensor) and t.ndim == 2:
             return token_time_map(t, call.grid, self.patch(call.module))
         return t
@@ -521,12 +511,7 @@ class LTX2(LTXVideo):
 
     def grid_time(self, t: Any, call: Call) -> Any:
         """A per-token timestep as a map; temporal factors are refused (the audio's duration)."""
-        if _temporal_factor(call):
-            raise ValueError(
-                "LTX-2 takes spatial factors only: its audio spans the video's duration, which a "
-                f"temporal factor (latent grid {call.grid} to {call.low_grid}) would halve; use "
-                "factors (1, fh, fw)"
-            )
+        _spatial_only(call, "LTX-2", "its audio spans the video's duration")
         if isinstance(t, torch.Tensor) and t.ndim == 2:
             return token_time_map(t, call.grid, self.patch(call.module))
         return t
@@ -640,12 +625,8 @@ class Latte(Family):
 
     def grid_time(self, t: Any, call: Call) -> Any:
         """The call's time; temporal factors are refused (a fixed temporal embedding)."""
-        if _temporal_factor(call):
-            raise ValueError(
-                "Latte takes spatial factors only: its temporal position embedding holds "
-                f"{call.module.config.video_length} frames (latent grid {call.grid} would become "
-                f"{call.low_grid}); use factors (1, fh, fw)"
-            )
+        frames = call.module.config.video_length
+        _spatial_only(call, "Latte", f"its temporal position embedding holds {frames} frames")
         return t
 
 
