@@ -188,6 +188,20 @@ def _inside(params: ShapeParams, u: torch.Tensor, v: torch.Tensor) -> torch.Tens
     return torch.where(label == 3, cross, out)
 
 
+def background(params: ShapeParams, h: int, w: int) -> torch.Tensor:
+    """The background (n, 3, h, w): a colour ramp from ``bg_start`` to ``bg_end`` across it."""
+    uc = (torch.arange(w, dtype=torch.float64) + 0.5) / w
+    vc = (torch.arange(h, dtype=torch.float64) + 0.5) / h
+    vg, ug = torch.meshgrid(vc, uc, indexing="ij")
+    d = torch.as_tensor(params.bg_direction)
+    proj = torch.cos(d)[:, None, None] * (ug - 0.5) + torch.sin(d)[:, None, None] * (vg - 0.5)
+    extent = (torch.cos(d).abs() + torch.sin(d).abs())[:, None, None] / 2
+    ramp = ((proj / extent + 1) / 2).clamp(0, 1).to(torch.float32)[:, None]  # (n, 1, h, w)
+    start = torch.as_tensor(params.bg_start, dtype=torch.float32)[:, :, None, None]
+    end = torch.as_tensor(params.bg_end, dtype=torch.float32)[:, :, None, None]
+    return start + (end - start) * ramp
+
+
 def render(
     params: ShapeParams, size: int | Sequence[int] = 32, supersample: int = 4
 ) -> torch.Tensor:
@@ -208,17 +222,7 @@ def render(
     vv, uu = torch.meshgrid(vs, us, indexing="ij")
     inside = _inside(params, uu.reshape(-1), vv.reshape(-1)).to(torch.float32)
     cover = inside.reshape(n, h, s, w, s).mean(dim=(2, 4))  # (n, h, w)
-    # Background: linear ramp along the direction, from start (t=0) to end (t=1) across the image.
-    uc = (torch.arange(w, dtype=torch.float64) + 0.5) / w
-    vc = (torch.arange(h, dtype=torch.float64) + 0.5) / h
-    vg, ug = torch.meshgrid(vc, uc, indexing="ij")
-    d = torch.as_tensor(params.bg_direction)
-    proj = torch.cos(d)[:, None, None] * (ug - 0.5) + torch.sin(d)[:, None, None] * (vg - 0.5)
-    extent = (torch.cos(d).abs() + torch.sin(d).abs())[:, None, None] / 2
-    ramp = ((proj / extent + 1) / 2).clamp(0, 1).to(torch.float32)[:, None]  # (n, 1, h, w)
-    start = torch.as_tensor(params.bg_start, dtype=torch.float32)[:, :, None, None]
-    end = torch.as_tensor(params.bg_end, dtype=torch.float32)[:, :, None, None]
-    bg = start + (end - start) * ramp
+    bg = background(params, h, w)
     fg = torch.as_tensor(params.color, dtype=torch.float32)[:, :, None, None]
     cover = cover[:, None]
     return (cover * fg + (1 - cover) * bg).clamp(-1, 1)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import shapes
-from .shapes import CLASSES, Batch, ShapeParams, _as_size, _inside
+from .shapes import CLASSES, Batch, ShapeParams, _as_size, _inside, background
 
 __all__ = [
     "AMPLITUDE_RANGE",
@@ -303,25 +303,11 @@ def render(
     if len(two):  # shapes never overlap: the union's coverage is the larger one
         cover[two] = torch.maximum(cover[two], _coverage(params.second[two], h, w, supersample))
     fg = torch.as_tensor(params.shape.color, dtype=torch.float32)[:, :, None, None]
-    bg = _background(params.shape, h, w)
+    bg = background(params.shape, h, w)
     if not flat:
         fg = fg + _texture_field(params.foreground, h, w)
         bg = bg + _texture_field(params.background, h, w)
     return (cover * fg + (1 - cover) * bg).clamp(-1, 1)
-
-
-def _background(shape: ShapeParams, h: int, w: int) -> torch.Tensor:
-    """The background's linear colour ramp (n, 3, h, w), as in :func:`shapes.render`."""
-    uc = (torch.arange(w, dtype=torch.float64) + 0.5) / w
-    vc = (torch.arange(h, dtype=torch.float64) + 0.5) / h
-    vg, ug = torch.meshgrid(vc, uc, indexing="ij")
-    d = torch.as_tensor(shape.bg_direction)
-    proj = torch.cos(d)[:, None, None] * (ug - 0.5) + torch.sin(d)[:, None, None] * (vg - 0.5)
-    extent = (torch.cos(d).abs() + torch.sin(d).abs())[:, None, None] / 2
-    ramp = ((proj / extent + 1) / 2).clamp(0, 1).to(torch.float32)[:, None]
-    start = torch.as_tensor(shape.bg_start, dtype=torch.float32)[:, :, None, None]
-    end = torch.as_tensor(shape.bg_end, dtype=torch.float32)[:, :, None, None]
-    return start + (end - start) * ramp
 
 
 def sample(
