@@ -265,14 +265,14 @@ class GuidedDenoiser:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """The guided call: the denoiser's output with the upsample-guidance term added."""
         module = base_module(self.denoiser)
-        named = bind_arguments(module, args, kwargs)
-        guided = self.session.guided_call(module, named)
-        consumed = consumed_copies(self.family, named) if guided is not None else {}
+        arguments = bind_arguments(module, args, kwargs)
+        guided = self.session.guided_call(module, arguments)
+        consumed = consumed_copies(self.family, arguments) if guided is not None else {}
         with hooks_bypassed(module):  # a pipeline's application of the same denoiser: not here
             output = self.denoiser(*args, **kwargs)
         if guided is None:
             return output
-        restore_consumed(named, consumed)
+        restore_consumed(arguments, consumed)
         return guided.output(output, unhooked_caller(module, self.denoiser, self.session))
 
 

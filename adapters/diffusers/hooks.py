@@ -155,9 +155,9 @@ def bind_arguments(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict[s
             f"the denoiser was called with {len(args)} positional arguments; its forward takes "
             f"at most {len(names)}"
         )
-    named = dict(zip(names, args, strict=False))
-    named.update(kwargs)
-    return named
+    arguments = dict(zip(names, args, strict=False))
+    arguments.update(kwargs)
+    return arguments
 
 
 @contextlib.contextmanager
@@ -303,20 +303,20 @@ class LowCallCaches:
                 hook.state = state
 
 
-def consumed_copies(family: Family, named: dict) -> dict[str, tuple[list, list]]:
+def consumed_copies(family: Family, arguments: dict) -> dict[str, tuple[list, list]]:
     """The list arguments the denoiser consumes as it runs (T2I-Adapter's), with copies."""
     return {
         name: (value, list(value))
         for name in family.consumed_lists
-        if isinstance(value := named.get(name), list)
+        if isinstance(value := arguments.get(name), list)
     }
 
 
-def restore_consumed(named: dict, copies: dict[str, tuple[list, list]]) -> None:
+def restore_consumed(arguments: dict, copies: dict[str, tuple[list, list]]) -> None:
     """Put back the copies of the consumed lists that this call received."""
     for name, (original, copied) in copies.items():
-        if named.get(name) is original:
-            named[name] = copied
+        if arguments.get(name) is original:
+            arguments[name] = copied
 
 
 class Denoiser(NamedTuple):
@@ -553,7 +553,7 @@ class Session:
                     f"{step} to map to a whole trained size: use {pixel}={near}"
                 )
 
-    def outer(self, module: torch.nn.Module) -> Any:
+    def called_module(self, module: torch.nn.Module) -> Any:
         """What the pipeline calls for ``module``: a compile wrapper around it, or the module."""
         entry = self.denoisers.get(id(module))
         pipe = self.pipeline()
@@ -564,7 +564,7 @@ class Session:
         return module
 
     # ------------------------------------------------------------------ the guided call
-    def guided_call(self, module: torch.nn.Module, named: dict) -> GuidedCall | None:
+    def guided_call(self, module: torch.nn.Module, arguments: dict) -> GuidedCall | None:
         """Plan one denoiser call, or None if it is left unguided (w == 0 there).
 
         The grid is checked here, so that a bad size fails before the denoiser runs, and the
@@ -574,18 +574,18 @@ class Session:
         guide = self.guidance(module, family)
         if guide.never_on:
             return None
-        t = named.get(family.time_arg)
+        t = arguments.get(family.time_arg)
         per_token = isinstance(t, torch.Tensor) and t.ndim > 1  # a time map: the core reads it
         host_t = None if per_token else self.host_time(family, module, t)
         if host_t is not None and guide.skips(host_t):
             return None
-        sample = named.get(family.sample_arg)
+        sample = arguments.get(family.sample_arg)
         if not is_sample(sample):
             raise TypeError(
                 f"the {type(module).__name__} call has no tensor {family.sample_arg!r}: got "
                 f"{type(sample).__name__}"
             )
-        call = Call(named, self.pipeline(), module, self.request)
+        call = Call(arguments, self.pipeline(), module, self.request)
         call.grid = family.grid_of(sample, call)
         call.batch = len(sample)
         factors = guide.factors
@@ -639,9 +639,9 @@ class GuidedCall:
             if self.condition is not None:  # clean conditioning: area-averaged, not scaled
                 pooled = downsample(self.condition, factors).to(x_low.dtype)
                 x_low = torch.cat([x_low, pooled], dim=1)
-            low_grid = Call(call.named, call.pipe, call.module, call.request)
+            low_grid = Call(call.arguments, call.pipe, call.module, call.request)
             low_grid.grid, low_grid.batch = call.low_grid, call.batch
-            low = dict(call.named)
+            low = dict(call.arguments)
             low.pop("return_dict", None)
             low[family.sample_arg] = family.from_grid(x_low, low_grid)
             low[family.time_arg] = t_low
@@ -689,12 +689,12 @@ class HookState:
         session = None if self.low_depth else self.active()
         if session is None:
             return
-        named = bind_arguments(module, args, kwargs)
-        guided = session.guided_call(module, named)
+        arguments = bind_arguments(module, args, kwargs)
+        guided = session.guided_call(module, arguments)
         if guided is not None or session.branch is not None:  # a peer waits for the output
             self.pending = (session, guided)
         if guided is not None:
-            self.consumed = consumed_copies(guided.family, named)
+            self.consumed = consumed_copies(guided.family, arguments)
 
     def hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         """Replace the high-resolution output by the guided one."""
@@ -702,11 +702,13 @@ class HookState:
             return None
         (session, guided), self.pending = self.pending, None
         if guided is not None:
-            named = bind_arguments(module, args, kwargs)
-            restore_consumed(named, self.consumed)
+            arguments = bind_arguments(module, args, kwargs)
+            restore_consumed(arguments, self.consumed)
             self.consumed = {}
-            guided.call.named = named
-            output = guided.output(output, unhooked_caller(module, session.outer(module), session))
+            guided.call.arguments = arguments
+            output = guided.output(
+                output, unhooked_caller(module, session.called_module(module), session)
+            )
         if session.branch is not None:
             sample = output_sample(output)
             session.exchange.share(sample, sample_device(sample))
@@ -723,13 +725,13 @@ class HookState:
         session = None if self.low_depth else self.active()
         if session is None or session.branch is None:
             return forward(module, *args, **kwargs)
-        named = bind_arguments(module, args, kwargs)
-        guided = session.guided_call(module, named)
-        device = sample_device(named[session.denoisers[id(module)].family.sample_arg])
+        arguments = bind_arguments(module, args, kwargs)
+        guided = session.guided_call(module, arguments)
+        device = sample_device(arguments[session.denoisers[id(module)].family.sample_arg])
         if guided is not None:
-            guided.low_prediction(unhooked_caller(module, session.outer(module), session))
+            guided.low_prediction(unhooked_caller(module, session.called_module(module), session))
         sample = session.exchange.share(None, device)
-        if not named.get("return_dict", True):
+        if not arguments.get("return_dict", True):
             return (sample,)
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
 

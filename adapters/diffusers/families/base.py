@@ -37,16 +37,16 @@ UNET_RESIDUALS = (
 class Call:
     """One denoiser call as the translators see it: its arguments by name and its grid.
 
-    ``named`` maps every argument the call received to its value. ``grid`` is the sample's grid
+    ``arguments`` maps every argument the call received to its value. ``grid`` is the sample's grid
     size (``(H, W)`` or ``(F, H, W)``, host ints) and ``low_grid`` that of the low-resolution
     call, ``batch`` its batch size, and ``request`` the pipeline's requested
     ``height``/``width``/``num_frames`` in pixels when known.
     """
 
-    __slots__ = ("named", "grid", "low_grid", "batch", "request", "pipe", "module")
+    __slots__ = ("arguments", "grid", "low_grid", "batch", "request", "pipe", "module")
 
-    def __init__(self, named: dict, pipe: Any, module: torch.nn.Module, request: dict) -> None:
-        self.named = named
+    def __init__(self, arguments: dict, pipe: Any, module: torch.nn.Module, request: dict) -> None:
+        self.arguments = arguments
         self.pipe = pipe
         self.module = module
         self.request = request
@@ -226,7 +226,7 @@ class Family:
         return grid
 
     def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
-        """Adapt the low call's other inputs in place (``low`` is a copy of ``call.named``)."""
+        """Adapt the low call's other inputs in place (``low`` is a copy of ``call.arguments``)."""
         patch = self.patch(call.module)
         patch_grid = tuple(n // p for n, p in zip(call.grid, patch, strict=True))
         for name in self.token_residuals:

@@ -87,7 +87,7 @@ class Flux(Family):
             hp, wp = int(h) // (int(scale) * 2), int(w) // (int(scale) * 2)
             if 0 < hp * wp <= tokens:
                 return (2 * hp, 2 * wp)
-        return _grid_from_ids(call.named.get(self.ids_arg), tokens)
+        return _grid_from_ids(call.arguments.get(self.ids_arg), tokens)
 
     # ---------------------------------------------------------------- the target in the sequence
     def target(self, length: int, call: Call) -> slice:
@@ -111,8 +111,8 @@ class Flux(Family):
     def from_grid(self, grid: torch.Tensor, call: Call) -> torch.Tensor:
         """Packed tokens, with the call's reference tokens (the input's) where they sit."""
         tokens = self.pack(grid, call)
-        source = call.named[self.sample_arg]
-        high = Call(call.named, call.pipe, call.module, call.request)
+        source = call.arguments[self.sample_arg]
+        high = Call(call.arguments, call.pipe, call.module, call.request)
         high.grid = self.grid_of(source, call)
         where = self.target(source.shape[1], high)
         if where.stop - where.start == source.shape[1]:
@@ -140,13 +140,13 @@ class Flux(Family):
 
     def _low_fill_mask(self, low: dict, call: Call, factors: tuple[Any, ...]) -> None:
         """Fill's sub-pixel mask channels of the low call, averaged in pixels."""
-        channels = call.named[self.sample_arg].shape[-1] // 4
+        channels = call.arguments[self.sample_arg].shape[-1] // 4
         noisy = self.out_channels(call.module, channels)
         folded = channels - 2 * noisy
         s = math.isqrt(max(folded, 0))
         if s < 2 or s * s != folded:
             return
-        high = self.to_grid(call.named[self.sample_arg], call)
+        high = self.to_grid(call.arguments[self.sample_arg], call)
         mask = _pixel_mean(high[:, 2 * noisy :], s, factors)
         grid = self.to_grid(low[self.sample_arg], _low_call(call))
         grid = torch.cat([grid[:, : 2 * noisy], mask.to(grid.dtype)], dim=1)
@@ -155,7 +155,7 @@ class Flux(Family):
 
 def _low_call(call: Call) -> Call:
     """The low-resolution call's view of ``call``: the same arguments, the low grid."""
-    low = Call(call.named, call.pipe, call.module, call.request)
+    low = Call(call.arguments, call.pipe, call.module, call.request)
     low.grid, low.batch = call.low_grid, call.batch
     return low
 
@@ -259,8 +259,8 @@ class Flux2(Flux):
 
     def _extract(self, call: Call) -> int:
         """The reference tokens ahead of the target in a cache-filling call (else 0)."""
-        if call.named.get("kv_cache_mode") == "extract":
-            return int(call.named.get("num_ref_tokens") or 0)
+        if call.arguments.get("kv_cache_mode") == "extract":
+            return int(call.arguments.get("num_ref_tokens") or 0)
         return 0
 
     def target(self, length: int, call: Call) -> slice:
@@ -298,7 +298,7 @@ class QwenImage(Flux):
                 "Qwen-Image-Layered (use_layer3d_rope) is not supported: its input image is "
                 "sized with the output (resolution), so the low call would need it at the low size"
             )
-        shapes = call.named.get("img_shapes")
+        shapes = call.arguments.get("img_shapes")
         entries, _ = _qwen_entries(shapes)
         frames, rows, cols = entries[0]
         if frames != 1 or sum(math.prod(e) for e in entries) != sample.shape[1]:
@@ -366,7 +366,7 @@ class QwenImage21(Family):
 
     def grid_of(self, sample: torch.Tensor, call: Call) -> tuple[int, ...]:
         """``(rows, cols)`` of the last ``img_shapes`` entry."""
-        shapes = call.named.get("img_shapes")
+        shapes = call.arguments.get("img_shapes")
         entries, flat = _qwen_entries(shapes)
         frames, rows, cols = entries[-1]
         if flat or frames != 1 or sample.ndim != 3 or rows * cols > sample.shape[1]:
@@ -384,7 +384,7 @@ class QwenImage21(Family):
     def from_grid(self, grid: torch.Tensor, call: Call) -> torch.Tensor:
         """Tokens; the low call's input gets the condition images' tokens ahead of them."""
         tokens = rearrange(grid, "b c h w -> b (h w) c")
-        source = call.named[self.sample_arg]
+        source = call.arguments[self.sample_arg]
         high = math.prod(self.grid_of(source, call))
         if tokens.shape[1] == high:
             return tokens
@@ -506,7 +506,7 @@ class ZImage(Family):
 
     def grid_of(self, sample: Any, call: Call) -> tuple[int, ...]:
         """``(H, W)`` of the list's latents, which must share one shape ``(C, 1, H, W)``."""
-        if call.named.get("controlnet_block_samples") is not None:
+        if call.arguments.get("controlnet_block_samples") is not None:
             raise ValueError(
                 f"{type(call.module).__name__} with controlnet_block_samples is not supported: "
                 "they are added to the joint image-and-caption sequence, not pooled yet"
@@ -541,7 +541,7 @@ class HunyuanImage(Family):
 
     def grid_of(self, sample: torch.Tensor, call: Call) -> tuple[int, ...]:
         """As any grid transformer; MeanFlow calls are refused."""
-        if call.named.get("timestep_r") is not None:
+        if call.arguments.get("timestep_r") is not None:
             raise ValueError(
                 f"{type(call.module).__name__} with timestep_r (use_meanflow=True, the distilled "
                 "model) predicts a mean velocity over a step, which upsample guidance does not "

@@ -286,7 +286,7 @@ class HunyuanVideo15(HunyuanVideo):
 
     def grid_of(self, sample: torch.Tensor, call: Call) -> tuple[int, ...]:
         """The video grid; mean-flow calls (with ``timestep_r``) are refused."""
-        if call.named.get("timestep_r") is not None:
+        if call.arguments.get("timestep_r") is not None:
             raise ValueError(
                 "HunyuanVideo 1.5 with use_meanflow (a timestep_r) is not supported: a mean-flow "
                 "model predicts the average velocity from timestep to timestep_r, not the "
@@ -388,9 +388,9 @@ class LTXVideo(Family):
             raise ValueError(
                 f"LTX-Video takes packed hidden_states (B, N, C), got {tuple(sample.shape)}"
             )
-        if call.named.get("video_coords") is not None:
+        if call.arguments.get("video_coords") is not None:
             return self._coords_grid(sample, call)
-        grid = tuple(call.named.get(n) for n in ("num_frames", "height", "width"))
+        grid = tuple(call.arguments.get(n) for n in ("num_frames", "height", "width"))
         if any(not isinstance(n, int) for n in grid):
             raise ValueError(
                 "LTX-Video calls must give num_frames, height and width as ints (or "
@@ -420,7 +420,7 @@ class LTXVideo(Family):
 
     def grid_time(self, t: Any, call: Call) -> Any:
         """A per-token timestep as a map on the latent grid (spatial factors with coords)."""
-        if call.named.get("video_coords") is not None:
+        if call.arguments.get("video_coords") is not None:
             who = "LTX-Video with video_coords (LTXConditionPipeline)"
             _spatial_only(call, who, "its conditioning clips' own frame positions would merge")
         if isinstance(t, torch.Tensor) and t.ndim == 2:
@@ -489,12 +489,12 @@ class LTX2(LTXVideo):
     def grid_of(self, sample: torch.Tensor, call: Call) -> tuple[int, ...]:
         """``(frames, height, width)``: the call's sizes, frames counted from the tokens."""
         for name in self.per_token:
-            if call.named.get(name) is not None:
+            if call.arguments.get(name) is not None:
                 raise ValueError(
                     f"LTX-2 calls with {name} (in-context and DFR pipelines) are not supported: "
                     "the mask is per video token and has no low-resolution counterpart"
                 )
-        sizes = tuple(call.named.get(n) for n in ("num_frames", "height", "width"))
+        sizes = tuple(call.arguments.get(n) for n in ("num_frames", "height", "width"))
         if sample.ndim != 3 or any(not isinstance(n, int) for n in sizes):
             raise ValueError(
                 "LTX-2 calls must give num_frames, height and width as ints with video tokens "
@@ -518,16 +518,16 @@ class LTX2(LTXVideo):
 
     def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
         """The low video's sizes, coordinates, time and sigma; the audio's own time kept."""
-        named, patch = call.named, self.patch(call.module)
-        low["audio_timestep"] = _first(named, "audio_timestep", self.time_arg)
-        low["audio_sigma"] = _first(named, "audio_sigma", "sigma")
+        arguments, patch = call.arguments, self.patch(call.module)
+        low["audio_timestep"] = _first(arguments, "audio_timestep", self.time_arg)
+        low["audio_sigma"] = _first(arguments, "audio_sigma", "sigma")
         t_low = low[self.time_arg]
         if isinstance(t_low, torch.Tensor) and t_low.ndim == 5:
             t_low = low[self.time_arg] = token_times(t_low, patch)
-        if named.get("sigma") is not None:  # the noisy tokens' time
+        if arguments.get("sigma") is not None:  # the noisy tokens' time
             low["sigma"] = t_low.amax(dim=1) if t_low.ndim == 2 else t_low
         low["height"], low["width"] = call.low_grid[1:]
-        coords = named.get("video_coords")
+        coords = arguments.get("video_coords")
         if coords is not None:
             high = tuple(n // q for n, q in zip(call.grid, patch, strict=True))
             _, h, w = (n // q for n, q in zip(call.low_grid, patch, strict=True))
@@ -535,9 +535,9 @@ class LTX2(LTXVideo):
             low["video_coords"] = on_grid[:, :, :, :h, :w].flatten(2, 4)
 
 
-def _first(named: dict, *names: str) -> Any:
+def _first(arguments: dict, *names: str) -> Any:
     """The first of ``names`` the call gave a value (not None)."""
-    return next((named[n] for n in names if named.get(n) is not None), None)
+    return next((arguments[n] for n in names if arguments.get(n) is not None), None)
 
 
 class Kandinsky5(Family):
