@@ -1,4 +1,4 @@
-"""The diffusers adapter on transformer pipelines, against references written by hand from ug-math.
+"""The diffusers adapter on transformer pipelines, against references from docs/maths.md.
 
 For every family (tiny random models built from configs, real diffusers pipelines):
 
@@ -571,7 +571,7 @@ def reference(case: Case, pipe, high, low, w: float = 1.0, run_zeta: dict | None
             sigma = 1 - sigma
         v, v_l = sign * p, sign * p_l
         c = 1 / ((1 - sigma) + sigma / math.sqrt(k))
-        sigma_low = sigma / (sigma + math.sqrt(k) * (1 - sigma))  # ug-math §7
+        sigma_low = sigma / (sigma + math.sqrt(k) * (1 - sigma))  # docs/maths.md §7
         if case.low_time:
             expected_low_t = case.low_time(sigma_low, pipe)
         else:
@@ -613,7 +613,7 @@ def reference(case: Case, pipe, high, low, w: float = 1.0, run_zeta: dict | None
     if case.form == "eps_learned":  # Eq. 10 on the mean half; the variance half is kept
         eps, eps_l = p[:, :channels], p_l[:, :channels]
         return eps + w * Un(eps_l / math.sqrt(k) - Dn(eps)), channels, 0.0
-    a, s = math.sqrt(a_bar), math.sqrt(1 - a_bar)  # v-prediction, ug-math §5
+    a, s = math.sqrt(a_bar), math.sqrt(1 - a_bar)  # v-prediction, docs/maths.md §5
     a_l, s_l = a / math.sqrt(power), s / math.sqrt(power * k)
     x0 = a * x - s * p
     x0_low = (a_l * x_l - s_l * p_l) / (a_l**2 + s_l**2)

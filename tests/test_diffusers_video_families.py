@@ -6,7 +6,7 @@ replace), HunyuanVideo 1.5, LTX-Video image-to-video and conditions (tiny random
 diffusers pipelines). For every case:
 
 - ``scale=0`` is bit-identical to the plain pipeline, and ``remove`` restores it bit for bit;
-- each guided call equals the flow guidance of ug-math §7 written by hand from the recorded
+- each guided call equals the flow guidance of docs/maths.md §7 written by hand from the recorded
   high- and low-resolution calls, element by element where times differ (§14): the x0 form on
   noisy elements, §5's flow row at σ = 0 (clean frames); the low call's input is ``c·D[x]`` on
   the noisy channels and ``D[x]`` on the conditioning channels, at the matched time per element;
@@ -362,7 +362,7 @@ VP_CASES = {
 
 # ---------------------------------------------------------------------- the reference
 def reference(case: Case, high, low, w: float) -> tuple[torch.Tensor, float]:
-    """The guided output of one call (flow, ug-math §7 per element), from its high and low calls.
+    """The guided output of one call (flow, docs/maths.md §7 per element), from its two calls.
 
     Also checks the low call's input (``c·D[x]`` on the noisy channels, ``D[x]`` on the
     conditioning ones) and its time per element. Returns the expected prediction on the grid
@@ -377,7 +377,7 @@ def reference(case: Case, high, low, w: float) -> tuple[torch.Tensor, float]:
     block = D(sigma, f)
     assert torch.equal(U(block, f), sigma), "one time per block"
     c = 1 / ((1 - block) + block / math.sqrt(k))
-    sigma_low = block / (block + math.sqrt(k) * (1 - block))  # ug-math §7, per element
+    sigma_low = block / (block + math.sqrt(k) * (1 - block))  # docs/maths.md §7, per element
     close(case.sigma(ln, x_l.shape), sigma_low)
     close(x_l[:, :n], c * D(x[:, :n], f))
     if x.shape[1] > n:  # clean conditioning channels: area-averaged, not scaled
