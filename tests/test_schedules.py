@@ -210,3 +210,55 @@ def test_unknown_time_matching_and_bad_ranges():
         FlowSchedule(0)
     with pytest.raises(TypeError, match=r"fraction must be callable"):
         SigmaSchedule(fraction=3)
+
+
+# ---------------------------------------------------------------------- shifted flow (CogView4)
+@settings(max_examples=100, deadline=None)
+@given(st.floats(0, 1), st.floats(0.1, 10))
+def test_time_shift_inverse_is_the_shift_by_one_over_m(s, m):
+    from ug_core.schedules import time_shift
+
+    sigma = time_shift(torch.tensor(s, dtype=F64), m)
+    assert 0 <= float(sigma) <= 1
+    back = time_shift(sigma, 1 / m)
+    torch.testing.assert_close(back, torch.tensor(s, dtype=F64), rtol=0, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(0.01, 0.99), st.floats(0.2, 5), st.floats(0.2, 5), st.sampled_from([2, 4, 9]))
+def test_shifted_flow_matches_on_sigma_and_returns_the_low_shifts_step(frac, m, m_low, k):
+    """The noise level of step 1000·s is time_shift(s, m); the low call's step, shifted by the low
+    size's m', is the flow match (§7) of that σ, and c is the flow's."""
+    from ug_core.schedules import ShiftedFlowSchedule, time_shift
+
+    sched = ShiftedFlowSchedule(lambda: m, lambda kk: m_low if kk == k else math.nan)
+    t = torch.tensor([1000 * frac], dtype=F64)
+    sigma = time_shift(torch.tensor([frac], dtype=F64), m)
+    a, s = sched.coefficients(t)
+    torch.testing.assert_close(s, sigma, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a, 1 - sigma, rtol=0, atol=1e-12)
+    flow = FlowSchedule().match(sigma, k, "nearest")
+    got = sched.match(t, k)
+    torch.testing.assert_close(time_shift(got.time / 1000, m_low), flow.time, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.scale, flow.scale, rtol=0, atol=1e-12)
+
+
+def test_shifted_flow_without_low_shift_uses_the_runs_shift_and_m_1_is_plain_flow():
+    from ug_core.schedules import ShiftedFlowSchedule
+
+    t = torch.tensor([250.0, 500.0, 900.0], dtype=F64)
+    plain, shifted = FlowSchedule(time_scale=1000.0), ShiftedFlowSchedule(lambda: 1.0)
+    for got, want in zip(shifted.match(t, 4), plain.match(t, 4), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    twice = ShiftedFlowSchedule(lambda: 3.0)
+    explicit = ShiftedFlowSchedule(lambda: 3.0, lambda k: 3.0)
+    assert torch.equal(twice.match(t, 4).time, explicit.match(t, 4).time)
+
+
+@pytest.mark.parametrize("arg", ["shift", "low_shift"])
+def test_shifted_flow_needs_callables(arg):
+    from ug_core.schedules import ShiftedFlowSchedule
+
+    kwargs = {"shift": lambda: 2.0, arg: 2.0}
+    with pytest.raises(TypeError, match=rf"{arg} must be a callable returning the time shift m"):
+        ShiftedFlowSchedule(**kwargs)

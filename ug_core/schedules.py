@@ -32,6 +32,8 @@ __all__ = [
     "DiscreteSchedule",
     "SigmaSchedule",
     "FlowSchedule",
+    "ShiftedFlowSchedule",
+    "time_shift",
     "as_times",
     "as_device_times",
     "times_of",
@@ -414,3 +416,48 @@ class FlowSchedule:
         scale = 1.0 / ((1.0 - u) + u / rk)
         tau = u * scale / rk if mode != "off" else u.clone()
         return Match(self._model(tau), scale, torch.zeros_like(u, dtype=torch.bool))
+
+
+def time_shift(s: Any, m: Any) -> Any:
+    """The flow time ``σ = m·s/(1 + (m − 1)·s)`` of time fraction ``s`` under the shift ``m``.
+
+    SD3's and CogView4's resolution shift: it multiplies the odds ``s/(1 − s)`` by ``m``, so its
+    inverse is the shift by ``1/m``.
+    """
+    return m * s / (1 + (m - 1) * s)
+
+
+class ShiftedFlowSchedule(FlowSchedule):
+    """Rectified flow whose model gets the unshifted step ``time_scale·s`` (CogView4).
+
+    The noise level is ``σ = time_shift(s, m)`` with ``m = shift()``, the current run's shift
+    (read at each use). The low call is matched on σ (docs/maths.md §7) and gets the step whose
+    shift by ``m' = low_shift(k)`` (default ``m``) is the matched σ': ``time_shift(σ', 1/m')``, the
+    step native sampling at ``1/k`` of the tokens pairs with σ'.
+    """
+
+    def __init__(
+        self,
+        shift: Callable[[], float],
+        low_shift: Callable[[Any], float] | None = None,
+        time_scale: float = 1000.0,
+    ) -> None:
+        super().__init__(time_scale=time_scale)
+        for name, value in (("shift", shift), ("low_shift", low_shift)):
+            if value is not None and not callable(value):
+                raise TypeError(
+                    f"{name} must be a callable returning the time shift m (a float > 0), got "
+                    f"{type(value).__name__}"
+                )
+        self.shift = shift
+        self.low_shift = low_shift if low_shift is not None else (lambda k: shift())
+
+    def _unit(self, t: torch.Tensor) -> torch.Tensor:
+        """The model's step to the noise level σ."""
+        return time_shift(super()._unit(t), self.shift())
+
+    def match(self, t: torch.Tensor, k: int, mode: str = "nearest") -> Match:
+        """The matched σ' (§7), as the step that the low size's shift pairs with it."""
+        flow = FlowSchedule().match(self._unit(t), k, mode)
+        step = time_shift(flow.time, 1.0 / self.low_shift(k))
+        return flow._replace(time=self.time_scale * step)

@@ -15,7 +15,7 @@ from einops import rearrange
 
 from ....factors import low_sizes
 from ....operators import downsample
-from ....schedules import FlowSchedule, Match, Schedule
+from ....schedules import FlowSchedule, Schedule, ShiftedFlowSchedule
 from .base import Call, Family
 
 
@@ -563,44 +563,40 @@ class HiDream(Family):
     output_sign = -1.0
 
 
-class CogView4Schedule(FlowSchedule):
-    """CogView4's times: the model gets the unshifted step ``1000·s``, the noise level is shifted.
+class CogView4Shift:
+    """The time shift ``m`` of a CogView4 scheduler's current run, and the low size's ``m'``.
 
-    ``σ = m·s/(1 + (m − 1)·s)`` with the run's multiplier ``m`` (``μ``, or ``e^μ`` for an
-    exponential shift), read once per run from the scheduler's ``(timesteps, sigmas)``. The low
-    call is matched on σ (§7) and gets the step native sampling at the low size pairs with the
-    matched σ': ``1000·σ'/(σ' + m'·(1 − σ'))``, with ``μ' = base + (μ − base)/√k`` (the
-    pipeline's shift for ``1/k`` of the tokens; ``m' = m`` without dynamic shifting).
+    ``m`` is read once per run from the scheduler's ``(timesteps, sigmas)``, whose σ is
+    ``time_shift(step, m)`` (``m = μ``, or ``e^μ`` for an exponential shift). With dynamic
+    shifting the pipeline's ``μ`` for ``1/k`` of the tokens is ``base + (μ − base)/√k``.
     """
 
     def __init__(self, scheduler: Any) -> None:
-        super().__init__(time_scale=1000.0)
         self.scheduler = scheduler
         self._table: Any = None
         self._m = 1.0
 
-    def multiplier(self) -> float:
-        """``m`` of the scheduler's current run (a ValueError if its sigmas are not a shift)."""
+    def __call__(self) -> float:
+        """``m`` of the current run (a ValueError if its sigmas are not a shift of its steps)."""
         sigmas = getattr(self.scheduler, "sigmas", None)
         if sigmas is None or sigmas is self._table:
             return self._m
-        steps = self.scheduler.timesteps.detach().double().cpu() / self.time_scale
+        steps = self.scheduler.timesteps.detach().double().cpu() / 1000.0
         sig = sigmas.detach().double().cpu()[: steps.numel()]
         inside = (sig > 0) & (sig < 1) & (steps > 0) & (steps < 1)
-        m = sig * (1 - steps) / (steps * (1 - sig))
-        m = m[inside]
+        m = (sig * (1 - steps) / (steps * (1 - sig)))[inside]  # the shift multiplies the odds
         if m.numel() and float((m - m[0]).abs().max()) > 1e-3 * float(m[0]):
             raise ValueError(
                 f"the scheduler's sigmas {sig.tolist()} are not CogView4's shift of its timesteps "
-                f"{(steps * self.time_scale).tolist()} (custom sigmas, or another shift): the "
-                "noise level of the model's time is unknown"
+                f"{(steps * 1000.0).tolist()} (custom sigmas, or another shift): the noise level "
+                "of the model's time is unknown"
             )
         self._table, self._m = sigmas, float(m.mean()) if m.numel() else 1.0
         return self._m
 
-    def low_multiplier(self, k: Any) -> float:
+    def low(self, k: Any) -> float:
         """``m'`` of native sampling at ``1/k`` of the tokens."""
-        m, config = self.multiplier(), self.scheduler.config
+        m, config = self(), self.scheduler.config
         if not getattr(config, "use_dynamic_shifting", False):
             return m
         exponential = getattr(config, "time_shift_type", "exponential") == "exponential"
@@ -609,25 +605,14 @@ class CogView4Schedule(FlowSchedule):
         mu_low = base + (mu - base) / math.sqrt(k)
         return math.exp(mu_low) if exponential else mu_low
 
-    def _unit(self, t: torch.Tensor) -> torch.Tensor:
-        """The model's step to σ."""
-        s = super()._unit(t)
-        m = self.multiplier()
-        return m * s / (1 + (m - 1) * s)
-
-    def match(self, t: torch.Tensor, k: int, mode: str = "nearest") -> Match:
-        """Matched σ' (§7), as the step native sampling at the low size gives it."""
-        flow = FlowSchedule().match(self._unit(t), k, mode)
-        m, sigma = self.low_multiplier(k), flow.time
-        return flow._replace(time=self.time_scale * sigma / (sigma + m * (1 - sigma)))
-
 
 class CogView4(Family):
     """CogView4 (``CogView4Transformer2DModel``): grid latents, patch 2, flow.
 
-    The model's time is the unshifted step, the noise level the shifted σ (see
-    :class:`CogView4Schedule`). ``original_size``, ``target_size`` and ``crop_coords`` are in
-    pixels: with ``micro_conditioning="low"`` the low call's describe the low image.
+    The model's time is the unshifted step, the noise level the shifted σ
+    (:class:`~ug_core.schedules.ShiftedFlowSchedule`, the shift read by :class:`CogView4Shift`).
+    ``original_size``, ``target_size`` and ``crop_coords`` are in pixels: with
+    ``micro_conditioning="low"`` the low call's describe the low image.
     """
 
     name = "CogView4"
@@ -636,7 +621,8 @@ class CogView4(Family):
     def schedule(self, scheduler: Any, module: torch.nn.Module) -> tuple[Schedule, str]:
         """The scheduler's σ of the model's step."""
         _, prediction = super().schedule(scheduler, module)
-        return CogView4Schedule(scheduler), prediction
+        shift = CogView4Shift(scheduler)
+        return ShiftedFlowSchedule(shift, shift.low), prediction
 
     def low_inputs(self, low: dict, call: Call, factors: tuple[int, ...], micro: str) -> None:
         """The pixel sizes divided by the factors (``micro_conditioning="low"``)."""
