@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -695,3 +696,28 @@ def test_text_encoder_lora_with_ug():
     text_encoder.disable_adapters()
     remove_upsample_guidance(pipe)
     assert torch.equal(run(), base)
+
+
+def test_a_scheduler_time_that_disagrees_with_the_call_warns_once_and_the_call_wins():
+    """The host clock reads the scheduler's time at its step index; where the time the model got
+    is on the CPU and says otherwise, it warns once (HostTimeWarning) and the model's time is
+    used: the result equals that of a guided denoiser whose scheduler tells no time."""
+    from diffusers import EulerDiscreteScheduler
+    from ug_core.adapters.diffusers import guided_denoiser
+    from ug_core.adapters.diffusers.hooks import HostTimeWarning
+
+    pipe = tiny_sd_pipeline()
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    x, embeds = torch.randn(1, 4, 16, 16), torch.randn(1, 4, EMBED_DIM)
+    pipe.scheduler.set_timesteps(10)
+    reference = guided_denoiser(pipe.unet, pipe.scheduler, (2, 2), 1.0)(x, 500, embeds).sample
+    pipe.scheduler.set_begin_index(0)  # the clock now says timesteps[0], not 500
+    assert int(pipe.scheduler.timesteps[0]) != 500
+    guided = guided_denoiser(pipe.unet, pipe.scheduler, (2, 2), 1.0)
+    with pytest.warns(HostTimeWarning, match=r"differs from the time the UNet2DConditionModel "
+                                             r"received \(500\)"):  # fmt: skip
+        first = guided(x, torch.tensor(500), embeds).sample
+    assert torch.equal(first, reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HostTimeWarning)
+        assert torch.equal(guided(x, torch.tensor(500), embeds).sample, reference)

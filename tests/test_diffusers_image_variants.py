@@ -367,3 +367,25 @@ def test_qwen_image_img_shapes_must_describe_the_tokens():
     with pytest.raises(ValueError, match=r"per batch element, a list of \(frames, rows, cols\)"):
         guided(torch.randn(1, 256, 16), timestep=torch.tensor([0.5]),
                encoder_hidden_states=torch.randn(1, 8, 32), img_shapes=[[(1, 16)]])  # fmt: skip
+
+
+def test_guided_denoiser_reads_the_flux_grid_from_img_ids():
+    """In your own loop there is no pipeline request: the Flux translator reads the target's grid
+    from ``img_ids``, and the guided denoiser gives, call for call, what the applied pipeline
+    gave (the time read from the call's CPU tensor, float32, hence the tolerance)."""
+    case = CASES["flux_dev_dynamic_shift"]
+    pipe = case.build()
+    (high, _, guided_out), *_ = recorded(case, pipe, 1.0)["transformer"]
+    remove_upsample_guidance(pipe)
+    arguments = dict(high[0])
+    guided = guided_denoiser(pipe.transformer, pipe.scheduler, case.factors, 1.0)
+    out = guided(**arguments)
+    got = out[0] if isinstance(out, tuple) else out.sample
+    close(got, guided_out)
+    tokens = arguments["hidden_states"].shape[1]
+    with pytest.raises(ValueError, match=r"cannot tell the latent grid of packed tokens: pass "
+                                         r"img_ids"):  # fmt: skip
+        guided(**{**arguments, "img_ids": None})
+    wrong = rf"img_ids of shape \(64, 3\) describe a 4x16 grid in 64 target tokens .* {tokens}"
+    with pytest.raises(ValueError, match=wrong):
+        guided(**{**arguments, "img_ids": arguments["img_ids"][:64]})
