@@ -409,6 +409,16 @@ def test_call_errors():
         )
     with pytest.raises(TypeError, match=r"model must be callable"):
         UpsampleGuidance(SD).wrap(3)
+    with pytest.raises(TypeError, match=r"x must be a torch\.Tensor, got list"):
+        UpsampleGuidance(SD).wrap(Model())([[0.0]], 10)
+    # a model that answers the low-resolution call at the wrong size
+    wrong = r"low-resolution call returned torch\.Size\(\[1, 3, 8, 8\]\), expected .* 4, 4\)"
+    with pytest.raises(ValueError, match=wrong):
+        UpsampleGuidance(SD).wrap(lambda x, t: torch.zeros(1, 3, 8, 8))(torch.zeros(1, 3, 8, 8), 10)
+    # a known prediction that is not shaped like x
+    wrong = r"the model's prediction has shape \(1, 3, 4, 4\), but x has shape \(1, 3, 8, 8\)"
+    with pytest.raises(ValueError, match=wrong):
+        UpsampleGuidance(SD).apply(torch.zeros(1, 3, 4, 4), Model(), torch.zeros(1, 3, 8, 8), 10)
 
 
 def test_apply_guides_a_known_prediction_like_call():
