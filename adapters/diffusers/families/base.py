@@ -70,7 +70,7 @@ def pool_tokens(
     if not isinstance(r, torch.Tensor) or r.ndim != 3 or r.shape[1] != math.prod(grid):
         raise ValueError(
             f"{name} must hold tokens (batch, {math.prod(grid)}, dim) on the {grid} patch grid, "
-            f"got {getattr(r, 'shape', type(r).__name__)}"
+            f"got {tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__}"
         )
     axes = " ".join(f"a{i}" for i in range(len(grid)))
     sizes = {f"a{i}": n for i, n in enumerate(grid)}
