@@ -721,3 +721,29 @@ def test_a_scheduler_time_that_disagrees_with_the_call_warns_once_and_the_call_w
     with warnings.catch_warnings():
         warnings.simplefilter("error", HostTimeWarning)
         assert torch.equal(guided(x, torch.tensor(500), embeds).sample, reference)
+
+
+def test_unreadable_outputs_samples_and_a_shared_branch_parallel_denoiser_are_refused():
+    from ug_core.adapters.diffusers import guided_denoiser
+    from ug_core.adapters.diffusers.hooks import Session, attach, output_sample
+
+    from ug_core import UpsampleGuidanceConfig
+
+    with pytest.raises(TypeError, match=r"the denoiser returned int; expected a tensor, a tuple "
+                                        r"or an output object with \.sample"):  # fmt: skip
+        output_sample(3)
+    pipe = tiny_sd_pipeline()
+    guided = guided_denoiser(pipe.unet, pipe.scheduler, (2, 2), 1.0)
+    with pytest.raises(TypeError, match=r"the UNet2DConditionModel call has no tensor 'sample': "
+                                        r"got NoneType"):  # fmt: skip
+        guided(None, 500, torch.zeros(1, 4, EMBED_DIM))
+    apply_upsample_guidance(pipe, (2, 2), 1.0)
+    config = UpsampleGuidanceConfig(factors=(2, 2), scale=1.0)
+    branch = Session(None, lambda: pipe.scheduler, config, SimpleNamespace(role="high"))
+    shared = r"a branch-parallel application cannot share its denoiser with another application"
+    with pytest.raises(ValueError, match=shared):
+        attach(branch, pipe.unet)  # the other application came first
+    remove_upsample_guidance(pipe)
+    attach(branch, pipe.unet)
+    with pytest.raises(ValueError, match=shared):
+        apply_upsample_guidance(pipe, (2, 2), 1.0)  # the branch-parallel one came first

@@ -783,7 +783,7 @@ def attach(session: Session, module: torch.nn.Module) -> None:
     if state is None:
         state = module.__dict__[STATE] = HookState()
     low = session.branch is not None and session.branch.role == "low"
-    if state.sessions and (low or any(s.branch is not None for s in state.sessions)):
+    if state.sessions and any(s.branch is not None for s in (session, *state.sessions)):
         raise ValueError(
             "a branch-parallel application cannot share its denoiser with another application; "
             "remove the other one first"
