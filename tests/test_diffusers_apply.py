@@ -747,3 +747,16 @@ def test_unreadable_outputs_samples_and_a_shared_branch_parallel_denoiser_are_re
     attach(branch, pipe.unet)
     with pytest.raises(ValueError, match=shared):
         apply_upsample_guidance(pipe, (2, 2), 1.0)  # the branch-parallel one came first
+
+
+def test_a_refused_pipeline_also_names_its_unsupported_denoiser_and_pipes_need_weakrefs():
+    from diffusers import StableDiffusionPanoramaPipeline
+
+    pipe = StableDiffusionPanoramaPipeline.__new__(StableDiffusionPanoramaPipeline)
+    pipe.__dict__["unet"] = torch.nn.Linear(2, 2)
+    both = r"StableDiffusionPanoramaPipeline is not supported yet: denoises overlapping windows"
+    with pytest.raises(TypeError, match=both + r".*\. Linear is not a supported denoiser\. Supported"):
+        apply_upsample_guidance(pipe)
+    sd = tiny_sd_pipeline()
+    with pytest.raises(TypeError, match=r"pipe must be a diffusers pipeline, got SimpleNamespace"):
+        apply_upsample_guidance(SimpleNamespace(unet=sd.unet, scheduler=sd.scheduler))
