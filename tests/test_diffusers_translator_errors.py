@@ -108,3 +108,15 @@ def test_pooling_and_scheduler_errors():
     with pytest.raises(ValueError, match=r"attention_mask of shape \(1, 16\) is not \(batch, "
                                          r"text \+ 16 image tokens\)"):  # fmt: skip
         image._low_image_mask(mask, (4, 4), (2, 2))
+
+
+def test_kandinsky5_sparse_attention_needs_the_pipeline():
+    """The low grid's sparse-attention parameters come from the pipeline's get_sparse_params: a
+    bare transformer called with sparse_params is refused."""
+    family, the_call = video.Kandinsky5(), call(patch_size=(1, 2, 2))
+    the_call.grid, the_call.low_grid, the_call.batch = (2, 8, 8), (2, 4, 4), 1
+    low = {family.sample_arg: Z(1, 2, 4, 4, 4), family.time_arg: torch.tensor([500.0])}
+    low["sparse_params"] = {"sta_mask": Z(1)}
+    with pytest.raises(ValueError, match=r"Kandinsky 5 calls with sparse attention \(sparse_params"
+                                         r"\) need the pipeline's get_sparse_params"):  # fmt: skip
+        family.low_inputs(low, the_call, (1, 2, 2), "low")
