@@ -1,4 +1,4 @@
-"""Each translator's refusal of a call it can't read, raised before any model runs.
+"""Translators on calls built by hand: each refusal of a call it can't read, before any model runs.
 
 The translators are called directly with a :class:`Call` built by hand (a stand-in module that
 has only a config): the messages name the argument, what it got and what is accepted.
@@ -120,3 +120,18 @@ def test_kandinsky5_sparse_attention_needs_the_pipeline():
     with pytest.raises(ValueError, match=r"Kandinsky 5 calls with sparse attention \(sparse_params"
                                          r"\) need the pipeline's get_sparse_params"):  # fmt: skip
         family.low_inputs(low, the_call, (1, 2, 2), "low")
+
+
+def test_pixart_alpha_low_call_describes_the_low_image_with_unequal_factors():
+    """PixArt-α's size conditioning: the low image's resolution (h/fh, w/fw) and its aspect
+    ratio h/w · fw/fh; with micro_conditioning="high" the low call keeps the high values."""
+    added = {"resolution": torch.tensor([[512.0, 768.0]]), "aspect_ratio": torch.tensor([[2 / 3]])}
+    low = {"added_cond_kwargs": dict(added)}
+    image.PixArt().low_inputs(low, call(), (2, 3), "low")
+    assert torch.equal(low["added_cond_kwargs"]["resolution"], torch.tensor([[256.0, 256.0]]))
+    torch.testing.assert_close(
+        low["added_cond_kwargs"]["aspect_ratio"], torch.tensor([[1.0]]), rtol=0, atol=1e-6
+    )
+    kept = {"added_cond_kwargs": dict(added)}
+    image.PixArt().low_inputs(kept, call(), (2, 3), "high")
+    assert kept["added_cond_kwargs"] == added
