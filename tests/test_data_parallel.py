@@ -209,6 +209,23 @@ def _files(*names: str):
     return write
 
 
+def test_end_process_flushes_and_skips_the_interpreter_teardown(tmp_path):
+    """A launched process ends with its status, its output flushed, and no teardown: an atexit
+    handler (like the interpreter's finalization, where gloo's threads can abort) never runs."""
+    marker = tmp_path / "teardown-ran"
+    code = (
+        "import atexit, pathlib, sys\n"
+        "from ug_core.launch import end_process\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).touch)\n"
+        "print('out', end=''); print('err', end='', file=sys.stderr)\n"
+        "end_process(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=TIMEOUT)  # fmt: skip
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "out", "err")
+    assert not marker.exists()
+
+
 def test_write_atomically_into_a_new_folder(tmp_path):
     out = tmp_path / "a" / "b"
     write_atomically(out, _files("x.png", "metrics.json"))

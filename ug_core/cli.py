@@ -587,6 +587,7 @@ def _sample(args: argparse.Namespace) -> int:
     launch.check_device(args.device)
     _check_class(args)
     ranks, args.device = launch.start_ranks(found, args.device)
+    args.launched = ranks.owned
     jobs = {"unet": _unet_job, "latent-flow": _latent_flow_job, "video": _video_job}
     job = _pipeline_job if args.pipeline else jobs[_SHIPPED.get(args.model or "shapes", "unet")]
     try:
@@ -608,7 +609,11 @@ def _comfyui_install(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``ug`` command; returns the exit status (0 ok, 1 error, 2 usage error)."""
+    """Run the ``ug`` command; returns the exit status (0 ok, 1 error, 2 usage error).
+
+    A process of a launch (torchrun, accelerate launch) that started ``torch.distributed`` ends
+    here instead, with that status (:func:`ug_core.launch.end_process`).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         args, unknown = build_parser().parse_known_args(argv)
@@ -616,6 +621,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exc:  # argparse printed the message (or --help / --version)
         return int(exc.code or 0)
+    status = _run(args)
+    if getattr(args, "launched", False):  # this process started torch.distributed
+        launch.end_process(status)  # no interpreter teardown: see end_process
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command's exit status; its error, if any, printed in one line."""
     try:
         return _comfyui_install(args) if args.command == "comfyui-install" else _sample(args)
     except UsageError as err:

@@ -12,11 +12,12 @@ anything is sampled.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = [
     "UsageError",
@@ -28,6 +29,7 @@ __all__ = [
     "check_device",
     "start_ranks",
     "stop_ranks",
+    "end_process",
     "together",
     "share",
     "run_job",
@@ -165,9 +167,9 @@ def start_ranks(launch: tuple[int, int, int] | None, device: str) -> tuple[Ranks
 def stop_ranks(ranks: Ranks) -> None:
     """Leave the process group if this process started it, after the others reach this point.
 
-    Without the barrier a process that leaves first can tear gloo down while a peer's last
-    message to it is still in flight, and die of SIGABRT instead of exiting with its status.
-    The barrier has a timeout, so a peer that never arrives can't hold this process.
+    The barrier keeps a process from leaving while a peer's last message to it is in flight; it
+    has a timeout, so a peer that never arrives can't hold this process. The process then ends
+    through :func:`end_process`.
     """
     if ranks.owned:
         from datetime import timedelta
@@ -179,6 +181,26 @@ def stop_ranks(ranks: Ranks) -> None:
         except Exception:  # noqa: BLE001 - a missing peer or a non-gloo group: leave anyway
             pass
         dist.destroy_process_group()
+
+
+def end_process(status: int) -> NoReturn:
+    """End a process that started ``torch.distributed``: flush stdout and stderr, ``os._exit``.
+
+    The interpreter's teardown is skipped because it can abort the process (SIGABRT,
+    "terminate called without an active exception") after every file is written. Modules
+    imported after ``init_process_group`` can keep the default group alive: diffusers imports
+    ``torch.distributed.fsdp``, whose ``ShardedGradScaler`` takes ``dist.group.WORLD`` as a
+    default argument. ``destroy_process_group`` then leaves gloo's worker threads running, and
+    one of them may still hold the last collective's tensors (``all_gather_object``'s) when the
+    interpreter finalizes. Releasing them needs the GIL; Python ends a thread that asks for it
+    then (``pthread_exit``) inside a ``noexcept`` C++ destructor, which calls ``std::terminate``.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing left to say
+            pass
+    os._exit(status)
 
 
 def together(ranks: Ranks, step: Callable[[], Any]) -> Any:
