@@ -186,14 +186,9 @@ def stop_ranks(ranks: Ranks) -> None:
 def end_process(status: int) -> NoReturn:
     """End a process that started ``torch.distributed``: flush stdout and stderr, ``os._exit``.
 
-    The interpreter's teardown is skipped because it can abort the process (SIGABRT,
-    "terminate called without an active exception") after every file is written. Modules
-    imported after ``init_process_group`` can keep the default group alive: diffusers imports
-    ``torch.distributed.fsdp``, whose ``ShardedGradScaler`` takes ``dist.group.WORLD`` as a
-    default argument. ``destroy_process_group`` then leaves gloo's worker threads running, and
-    one of them may still hold the last collective's tensors (``all_gather_object``'s) when the
-    interpreter finalizes. Releasing them needs the GIL; Python ends a thread that asks for it
-    then (``pthread_exit``) inside a ``noexcept`` C++ destructor, which calls ``std::terminate``.
+    The interpreter's teardown is skipped: with the default group kept alive by a module imported
+    after it (diffusers' ``torch.distributed.fsdp``), a gloo thread releasing the last
+    collective's tensors then can abort the process (``docs/design.md``, "Leaving").
     """
     for stream in (sys.stdout, sys.stderr):
         try:

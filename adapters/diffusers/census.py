@@ -49,12 +49,7 @@ __all__ = [
 DENOISER_COMPONENTS = ("unet", "transformer")
 
 
-def _load_census() -> dict[str, dict[str, Any]]:
-    """The census data, ``census.json`` beside this file (one pipeline or reason per line)."""
-    return json.loads(Path(__file__).with_name("census.json").read_text(encoding="utf-8"))
-
-
-_DATA = _load_census()
+_DATA = json.loads(Path(__file__).with_name("census.json").read_text(encoding="utf-8"))
 #: Reason name → the reason, for reasons several pipelines share.
 REASONS: dict[str, str] = _DATA["reasons"]
 #: Pipeline class → (family name, pytest node id of a test that runs it with UG).
